@@ -1,0 +1,1 @@
+"""ddfp-jax: Density-Descending Feature Perturbation for semi-supervised segmentation in JAX."""

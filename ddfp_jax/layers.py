@@ -1,0 +1,121 @@
+"""Building blocks shared by the backbone and the decoder (NHWC, Flax linen).
+
+Conventions that matter for parity with the PyTorch release:
+- Convolutions use explicit symmetric padding (`dilation * (k // 2)`), as PyTorch does;
+  Flax's "SAME" pads asymmetrically for stride 2 on even inputs and would shift features.
+- BatchNorm: PyTorch momentum 0.1 is Flax momentum 0.9; epsilon 1e-5; the variance is
+  computed as mean((x - mean)^2) rather than E[x^2] - E[x]^2 (`use_fast_variance=False`),
+  which is what PyTorch does and is robust in low precision. With `axis_name` set, the
+  statistics are averaged over that device axis (SyncBatchNorm). One difference remains:
+  PyTorch updates the running variance with the unbiased batch variance (n / (n - 1));
+  Flax uses the biased one. For n = 4 x 129 x 129 pixels the factor is 1 + 1.5e-5.
+- Parameters are float32; `dtype` is the compute dtype (bfloat16 or float32). Flax
+  BatchNorm reduces its statistics in float32 whatever the compute dtype.
+"""
+from typing import Any, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# Kaiming-normal, fan_out, ReLU gain: the release's initialisation of every conv.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(features: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1,
+         use_bias: bool = False, dtype: Dtype = jnp.float32,
+         name: Optional[str] = None) -> nn.Conv:
+  """2-D convolution with PyTorch's symmetric padding and float32 parameters."""
+  pad = dilation * (kernel_size // 2)
+  return nn.Conv(
+      features,
+      (kernel_size, kernel_size),
+      strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)),
+      kernel_dilation=(dilation, dilation),
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=conv_kernel_init,
+      name=name,
+  )
+
+
+class BatchNorm(nn.BatchNorm):
+  """BatchNorm with the release's hyper-parameters (see the module docstring).
+
+  Called as `bn(x, train)`. `axis_name` only matters in training: inference uses the
+  running statistics and needs no communication.
+  """
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  use_fast_variance: bool = False
+  param_dtype: Dtype = jnp.float32
+
+  def __call__(self, x, train: bool):  # pytype: disable=signature-mismatch
+    return super().__call__(x, use_running_average=not train)
+
+
+class MixedBatchNorm(nn.Module):
+  """BatchNorm with a second, auxiliary set of parameters and statistics.
+
+  Clean features use the main set, perturbed features the auxiliary one (the release's
+  `MixSyncBatchNorm`): the perturbed features come from a different distribution, and
+  mixing them into the main statistics would shift the clean predictions.
+  """
+  axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool, perturbed: bool = False) -> jnp.ndarray:
+    main = BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name="main")
+    aux = BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name="aux")
+    if self.is_initializing():
+      # Both sets must exist in the variables whichever path `init` happens to trace.
+      (main if perturbed else aux)(x, train)
+    return aux(x, train) if perturbed else main(x, train)
+
+
+def dropout2d(rate: float) -> nn.Dropout:
+  """Dropout of whole channels (torch.nn.Dropout2d) for NHWC: one draw per (sample, channel).
+
+  Call it as `drop(x, deterministic=not train)`; each call draws a fresh mask from the
+  "dropout" RNG stream.
+  """
+  return nn.Dropout(rate, broadcast_dims=(1, 2))
+
+
+def _ceil_pool_padding(size: int, kernel: int, stride: int, pad: int) -> Tuple[int, int]:
+  """(low, high) padding that reproduces PyTorch's `ceil_mode=True` output size."""
+  out = -(-(size + 2 * pad - kernel) // stride) + 1
+  # PyTorch drops the last window if it would start inside the right padding.
+  if (out - 1) * stride >= size + pad:
+    out -= 1
+  high = max((out - 1) * stride + kernel - size - pad, 0)
+  return pad, high
+
+
+def max_pool(x: jnp.ndarray, kernel: int = 3, stride: int = 2, pad: int = 1,
+             ceil_mode: bool = False) -> jnp.ndarray:
+  """Max pooling over H, W of an NHWC array with PyTorch's output-size rules."""
+  pads = []
+  for size in x.shape[1:3]:
+    if ceil_mode:
+      pads.append(_ceil_pool_padding(size, kernel, stride, pad))
+    else:
+      pads.append((pad, pad))
+  init = jnp.array(-jnp.inf, dtype=x.dtype)
+  return jax.lax.reduce_window(
+      x, init, jax.lax.max,
+      window_dimensions=(1, kernel, kernel, 1),
+      window_strides=(1, stride, stride, 1),
+      padding=((0, 0), pads[0], pads[1], (0, 0)))
+
+
+def scaled(channels: int, width: float) -> int:
+  """Channel count under a width multiplier (tests run width 1/16 models)."""
+  return max(1, int(np.round(channels * width)))
+

@@ -1,0 +1,160 @@
+"""DeepLabV3+ / ResNet: shapes, stage composition, cross-replica BN, dropout, dtypes."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddfp_jax.deeplab import DeepLabV3Plus
+from ddfp_jax.layers import dropout2d
+from ddfp_jax.resnet import ResNet
+
+TINY = dict(depth=18, width=1 / 16)
+
+
+def _init(model, shape, seed=0):
+  x = jnp.asarray(np.random.RandomState(seed).randn(*shape).astype(np.float32))
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(seed), x)
+  return variables, x
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A width-1/16 ResNet-18 DeepLabV3+, its variables and a 2 x 33 x 33 batch."""
+  model = DeepLabV3Plus(num_classes=5, **TINY)
+  variables, x = _init(model, (2, 33, 33, 3))
+  return model, variables, x
+
+
+@pytest.mark.parametrize("size,feature", [(513, 129), (769, 193)])
+def test_real_model_shapes(size, feature):
+  """ResNet-101 deep stem, output stride 16: stride-4 logits and features, 304-ch u."""
+  model = DeepLabV3Plus(num_classes=19)
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
+  logits = jax.eval_shape(functools.partial(model.apply, train=False), variables, x)
+  u = jax.eval_shape(functools.partial(model.apply, train=False, method="encode"), variables, x)
+  assert logits.shape == (2, feature, feature, 19) and logits.dtype == jnp.float32
+  assert u.shape == (2, feature, feature, 304)
+  backbone = ResNet(depth=101)
+  low, high = jax.eval_shape(
+      lambda x: backbone.init_with_output(jax.random.key(0), x, False)[0], x)
+  stride16 = -(-size // 16)
+  assert low.shape == (2, feature, feature, 256)
+  assert high.shape == (2, stride16, stride16, 2048)
+
+
+# 224 input: the deep stem's ceil-mode pool gives 57 (as PyTorch), the plain stem 56;
+# each stride-2 3x3 conv then gives ceil(n / 2).
+@pytest.mark.parametrize("depth,output_stride,deep_stem,low_size,high_size,channels",
+                         [(50, 8, True, 57, 29, 2048), (34, 16, False, 56, 14, 512),
+                          (152, 32, True, 57, 8, 2048)])
+def test_backbone_variants(depth, output_stride, deep_stem, low_size, high_size, channels):
+  backbone = ResNet(depth=depth, output_stride=output_stride, deep_stem=deep_stem)
+  x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  low, high = jax.eval_shape(
+      lambda x: backbone.init_with_output(jax.random.key(0), x, False)[0], x)
+  assert low.shape == (1, low_size, low_size, channels // 8)
+  assert high.shape == (1, high_size, high_size, channels)
+
+
+def test_stages_compose_to_the_full_model(tiny):
+  model, variables, x = tiny
+  full = model.apply(variables, x, False)
+  u = model.apply(variables, x, False, method="encode")
+  v = model.apply(variables, u, False, method="features")
+  logits = model.apply(variables, v, method="classify")
+  assert u.shape == (2, 9, 9, 19) and v.shape == (2, 9, 9, 16)
+  np.testing.assert_array_equal(np.asarray(full), np.asarray(logits))
+  assert np.all(np.isfinite(np.asarray(full)))
+
+
+def test_mixed_batchnorm_routes_perturbed_features_to_aux_parameters(tiny):
+  model, variables, x = tiny
+  u = model.apply(variables, x, False, method="encode")
+  clean = model.apply(variables, u, False, False, method="features")
+  perturbed = model.apply(variables, u, False, True, method="features")
+  np.testing.assert_array_equal(np.asarray(clean), np.asarray(perturbed))  # same init
+  # Change only the auxiliary shift: the clean path must not move, the perturbed one must.
+  params = jax.tree_util.tree_map(lambda a: a, variables["params"])
+  aux = params["classifier_bn2"]["aux"]
+  params["classifier_bn2"]["aux"] = dict(aux, bias=aux["bias"] + 1.0)
+  moved = dict(variables, params=params)
+  clean2 = model.apply(moved, u, False, False, method="features")
+  perturbed2 = model.apply(moved, u, False, True, method="features")
+  np.testing.assert_array_equal(np.asarray(clean), np.asarray(clean2))
+  assert np.abs(np.asarray(perturbed2) - np.asarray(perturbed)).max() > 0.5
+  # In training, only the auxiliary statistics are updated by a perturbed pass.
+  _, updates = model.apply(variables, u, True, True, method="features", mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.key(1)})
+  old = variables["batch_stats"]["classifier_bn1"]
+  new = updates["batch_stats"]["classifier_bn1"]
+  np.testing.assert_array_equal(np.asarray(old["main"]["mean"]), np.asarray(new["main"]["mean"]))
+  assert not np.allclose(np.asarray(old["aux"]["mean"]), np.asarray(new["aux"]["mean"]))
+
+
+def test_dropout2d_drops_whole_channels():
+  x = jnp.ones((4, 9, 7, 32))
+  y = np.asarray(dropout2d(0.5).apply({}, x, deterministic=False,
+                                      rngs={"dropout": jax.random.key(0)}))
+  per_channel = y[:, :1, :1, :]
+  # Each (sample, channel) is all zero or all 1 / (1 - p) = 2 over the whole plane.
+  np.testing.assert_array_equal(y, np.broadcast_to(per_channel, y.shape))
+  assert set(np.unique(per_channel)) == {0.0, 2.0}
+  assert 0.3 < (per_channel == 0).mean() < 0.7
+  np.testing.assert_array_equal(
+      np.asarray(dropout2d(0.5).apply({}, x, deterministic=True)), np.asarray(x))
+
+
+def test_model_dropout_is_active_only_in_training(tiny):
+  _, variables, x = tiny
+  model = DeepLabV3Plus(num_classes=5, dropout_rate=0.5, **TINY)
+  u = model.apply(variables, x, False, method="encode")
+  run = lambda key: np.asarray(model.apply(variables, u, True, method="features",
+                                           mutable=["batch_stats"],
+                                           rngs={"dropout": jax.random.key(key)})[0])
+  assert not np.array_equal(run(0), run(1))
+  np.testing.assert_array_equal(run(0), run(0))
+  np.testing.assert_array_equal(np.asarray(model.apply(variables, u, False, method="features")),
+                                np.asarray(model.apply(variables, u, False, method="features")))
+
+
+def test_cross_replica_batchnorm_equals_batchnorm_on_the_concatenated_batch(tiny):
+  n_dev = 4
+  assert jax.local_device_count() >= n_dev, "tests/conftest.py fakes 4 CPU devices"
+  local = DeepLabV3Plus(num_classes=5, dropout_rate=0.0, **TINY)
+  synced = DeepLabV3Plus(num_classes=5, dropout_rate=0.0, axis_name="batch", **TINY)
+  _, variables, _ = tiny
+  x = jnp.asarray(np.random.RandomState(5).randn(8, 33, 33, 3).astype(np.float32))
+
+  def train_apply(model, variables, x):
+    return model.apply(variables, x, True, mutable=["batch_stats"])
+
+  ref_logits, ref_updates = jax.jit(functools.partial(train_apply, local))(variables, x)
+  shards = x.reshape(n_dev, 2, *x.shape[1:])
+  logits, updates = jax.pmap(functools.partial(train_apply, synced), axis_name="batch",
+                             in_axes=(None, 0))(variables, shards)
+  np.testing.assert_allclose(np.asarray(logits).reshape(ref_logits.shape),
+                             np.asarray(ref_logits), rtol=1e-4, atol=1e-4)
+  for got, want in zip(jax.tree.leaves(updates), jax.tree.leaves(ref_updates)):
+    got = np.asarray(got)
+    assert np.all(got == got[:1]), "running statistics must be identical on every device"
+    np.testing.assert_allclose(got[0], np.asarray(want), rtol=1e-4, atol=1e-5)
+  # Without synchronisation the per-device statistics differ: the test above can fail.
+  unsynced, _ = jax.pmap(functools.partial(train_apply, local), in_axes=(None, 0))(variables, shards)
+  assert np.abs(np.asarray(unsynced).reshape(ref_logits.shape) - np.asarray(ref_logits)).max() > 1e-3
+
+
+def test_bfloat16_compute_keeps_float32_parameters(tiny):
+  model32, variables, x = tiny
+  model16 = DeepLabV3Plus(num_classes=5, dtype=jnp.bfloat16, **TINY)
+  v16 = jax.eval_shape(functools.partial(model16.init, train=False), jax.random.key(0), x)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(v16))
+  u16 = model16.apply(variables, x, False, method="encode")
+  assert u16.dtype == jnp.bfloat16
+  out16 = model16.apply(variables, x, False)
+  out32 = model32.apply(variables, x, False)
+  assert out16.dtype == jnp.float32
+  scale = np.abs(np.asarray(out32)).max()
+  assert np.abs(np.asarray(out16) - np.asarray(out32)).max() < 0.1 * scale
