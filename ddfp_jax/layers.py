@@ -107,9 +107,9 @@ def max_pool(x: jnp.ndarray, kernel: int = 3, stride: int = 2, pad: int = 1,
       pads.append(_ceil_pool_padding(size, kernel, stride, pad))
     else:
       pads.append((pad, pad))
-  init = jnp.array(-jnp.inf, dtype=x.dtype)
+  # A Python-scalar -inf init lets JAX recognise a max-pool and differentiate it.
   return jax.lax.reduce_window(
-      x, init, jax.lax.max,
+      x, -jnp.inf, jax.lax.max,
       window_dimensions=(1, kernel, kernel, 1),
       window_strides=(1, stride, stride, 1),
       padding=((0, 0), pads[0], pads[1], (0, 0)))

@@ -26,10 +26,12 @@ Kinds (`config.kind`):
 - "none": image-level consistency only.
 """
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+
+from ddfp_jax.losses import global_mean
 
 Array = jnp.ndarray
 
@@ -51,11 +53,18 @@ class PerturbationConfig:
 
 
 class PerturbationSite(NamedTuple):
-  """What lies downstream of the perturbed tensor (see the module docstring)."""
+  """What lies downstream of the perturbed tensor (see the module docstring).
+
+  `axis_name`, inside pmap/shard_map: the device axis over which the objectives of
+  density_descending and vat are averaged. With cross-replica BatchNorm every device's
+  objective reaches every other device's features, so normalising by the global count
+  makes the directions independent of how the batch is split over devices.
+  """
   to_features: Callable[[Array], Array]
   to_logits: Callable[[Array], Array]
   log_density: Callable[[Array], Array]
   confident: Array
+  axis_name: Optional[str] = None
 
 
 def l2_normalize(g: Array, axis, eps: float = 1e-12) -> Array:
@@ -69,10 +78,10 @@ def _add_constant(x: Array, delta: Array) -> Array:
   return x + jax.lax.stop_gradient(delta).astype(x.dtype)
 
 
-def masked_mean_nll(log_density: Array, mask: Array) -> Array:
+def masked_mean_nll(log_density: Array, mask: Array, axis_name: Optional[str] = None) -> Array:
   """-mean of `log_density` over `mask` (0 when the mask is empty)."""
   weight = mask.astype(jnp.float32)
-  return -jnp.sum(weight * log_density) / jnp.maximum(jnp.sum(weight), 1.0)
+  return global_mean(-jnp.sum(weight * log_density), jnp.sum(weight), axis_name)
 
 
 def density_descending(x: Array, site: PerturbationSite, config: PerturbationConfig,
@@ -83,7 +92,7 @@ def density_descending(x: Array, site: PerturbationSite, config: PerturbationCon
 
   def nll(delta):
     v = site.to_features(x_const + delta)
-    return masked_mean_nll(site.log_density(v), site.confident)
+    return masked_mean_nll(site.log_density(v), site.confident, site.axis_name)
 
   grad = jax.grad(nll)(jnp.zeros(x.shape, jnp.float32))
   return _add_constant(x, config.eps * l2_normalize(grad, axis=-1))
@@ -122,7 +131,8 @@ def virtual_adversarial(x: Array, site: PerturbationSite, config: PerturbationCo
   def kl(r):
     log_q = jax.nn.log_softmax(site.to_logits(site.to_features(x_const + r)), axis=-1)
     # KL(p || q), summed over classes and pixels, averaged over the batch ("batchmean").
-    return jnp.sum(target * (jnp.log(jnp.maximum(target, 1e-30)) - log_q)) / x.shape[0]
+    kl_sum = jnp.sum(target * (jnp.log(jnp.maximum(target, 1e-30)) - log_q))
+    return global_mean(kl_sum, jnp.asarray(x.shape[0], jnp.float32), site.axis_name)
 
   start = config.vat_xi * l2_normalize(jax.random.normal(rng, x.shape), axis=per_sample)
   grad = jax.grad(kl)(start)

@@ -12,8 +12,15 @@ if "xla_force_host_platform_device_count" not in _flags:
 # TensorFlow (used only by the input pipeline) must never grab an accelerator in tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import tempfile  # noqa: E402
+
 import jax  # noqa: E402
 
 # Threefry key derivation dominates XLA:CPU compile time of `model.init` (about 4x slower
 # than "rbg" here). No test depends on which generator produces the random bits.
 jax.config.update("jax_default_prng_impl", "rbg")
+
+# Several tests build the same train step anew (each trainer run makes its own pmap):
+# a compilation cache for the session lets them reuse the compiled programs.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="ddfp_jax_xla_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

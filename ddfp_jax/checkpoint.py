@@ -1,0 +1,182 @@
+"""Checkpoints of the train state: the latest N steps, and the best one by a metric.
+
+A thin layer over two orbax `CheckpointManager`s:
+
+    directory/latest/<step>/   the newest `keep` checkpoints, for resuming
+    directory/best/<step>/     the single checkpoint with the best validation metric
+
+Saves are atomic: orbax writes into `<step>.orbax-checkpoint-tmp-<time>` and renames it to
+`<step>` only once every file is written, so a crash mid-save leaves the previous step as
+the latest complete checkpoint. Leftover temporary directories are never listed as steps
+and are removed when the next `Checkpointer` opens the directory.
+
+The state is stored as a flax state dict (nested dicts of arrays; dataclasses and
+namedtuples such as optax states become dicts keyed by field name), so a checkpoint can be
+read without the classes that wrote it and restored into any structure with the same
+state dict.
+
+Multi-process runs: every process must call `save`, `save_best` and `restore` with the
+same arguments (the metric included: use a psum-ed one). Orbax synchronises the processes,
+lets each write the array shards it owns and lets process 0 write the metadata.
+"""
+import math
+import os
+from typing import Any, Optional
+
+import flax.serialization
+import orbax.checkpoint as ocp
+
+_BEST_MODES = ("max", "min")
+# Key under which the best checkpoint's metric is stored in orbax's per-step metrics.
+_METRIC_KEY = "metric"
+
+
+class Checkpointer:
+  """Saves and restores train-state pytrees (unreplicated host arrays).
+
+  Args:
+    directory: root directory; "latest" and "best" sub-directories are created in it.
+    keep: number of most recent step checkpoints kept under "latest".
+    best_mode: "max" if a larger metric is better (mIoU), "min" if a smaller one is.
+    async_save: write in a background thread; `save` returns once the arrays have been
+      copied off the devices. Call `wait()` before reading the files.
+  """
+
+  def __init__(self, directory, keep: int = 2, best_mode: str = "max",
+               async_save: bool = True):
+    if best_mode not in _BEST_MODES:
+      raise ValueError(f"best_mode must be one of {_BEST_MODES}, got {best_mode!r}")
+    if keep < 1:
+      raise ValueError(f"keep must be >= 1, got {keep}")
+    directory = str(directory)
+    # Orbax wants absolute paths; remote ones (gs://...) already are.
+    self.directory = directory if "://" in directory else os.path.abspath(directory)
+    self.best_mode = best_mode
+    self._latest = ocp.CheckpointManager(
+        f"{self.directory}/latest",
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save))
+    self._best = ocp.CheckpointManager(
+        f"{self.directory}/best",
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda metrics: metrics[_METRIC_KEY], best_mode=best_mode,
+            keep_checkpoints_without_metrics=False, create=True,
+            cleanup_tmp_directories=True, enable_async_checkpointing=async_save))
+    best_step = self._best.best_step()
+    self._best_metric: Optional[float] = None
+    if best_step is not None:
+      self._best_metric = float(self._best.metrics(best_step)[_METRIC_KEY])
+
+  # Latest checkpoints.
+
+  def save(self, step: int, state: Any, force: bool = False) -> bool:
+    """Saves `state` as step `step` and prunes all but the newest `keep` steps.
+
+    Args:
+      step: the global step; a step not newer than the latest saved one is skipped
+        (returns False), so re-saving the step a run resumed from is harmless.
+      state: pytree of jax / numpy arrays and Python scalars.
+      force: save even if orbax's save policy would skip this step.
+
+    Returns:
+      Whether a checkpoint was started.
+    """
+    return self._latest.save(step, args=ocp.args.StandardSave(_to_tree(state)), force=force)
+
+  def latest_step(self) -> Optional[int]:
+    """The newest complete step under "latest", or None."""
+    return self._latest.latest_step()
+
+  def all_steps(self):
+    """The complete steps under "latest", oldest first."""
+    return sorted(self._latest.all_steps())
+
+  def restore(self, target_state: Any, step: Optional[int] = None) -> Any:
+    """Restores a step (default: the latest) into the structure of `target_state`.
+
+    Leaves come back with the type, dtype and sharding of the matching `target_state`
+    leaf (jax arrays keep their sharding; numpy arrays stay numpy). `target_state` may
+    also hold `jax.ShapeDtypeStruct`s with shardings.
+
+    Raises:
+      FileNotFoundError: if there is no checkpoint to restore, or no such step.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {self.directory}/latest")
+    return _restore(self._latest, step, target_state)
+
+  # Best checkpoint.
+
+  @property
+  def best_metric(self) -> Optional[float]:
+    """The metric of the current best checkpoint, or None if there is none."""
+    return self._best_metric
+
+  def best_step(self) -> Optional[int]:
+    """The step of the best checkpoint, or None."""
+    return self._best.best_step()
+
+  def is_better(self, metric_value: float) -> bool:
+    """Whether `metric_value` would replace the best checkpoint (non-finite never does)."""
+    if not math.isfinite(metric_value):
+      return False
+    if self._best_metric is None:
+      return True
+    if self.best_mode == "max":
+      return metric_value > self._best_metric
+    return metric_value < self._best_metric
+
+  def save_best(self, step: int, state: Any, metric_value: float) -> bool:
+    """Replaces the best checkpoint with `state` if `metric_value` is strictly better.
+
+    The metric is stored with the checkpoint (orbax per-step metrics), so a resumed run
+    keeps comparing against it. The previous best is deleted only after the new one is
+    complete.
+
+    Returns:
+      Whether `state` became the best checkpoint.
+    """
+    metric_value = float(metric_value)
+    if not self.is_better(metric_value):
+      return False
+    saved = self._best.save(step, args=ocp.args.StandardSave(_to_tree(state)),
+                            metrics={_METRIC_KEY: metric_value}, force=True)
+    if saved:
+      self._best_metric = metric_value
+    return saved
+
+  def restore_best(self, target_state: Any) -> Any:
+    """Restores the best checkpoint into the structure of `target_state`."""
+    step = self.best_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {self.directory}/best")
+    return _restore(self._best, step, target_state)
+
+  # Life cycle.
+
+  def wait(self) -> None:
+    """Blocks until every pending save is on disk."""
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases orbax's resources."""
+    self._latest.close()
+    self._best.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def _to_tree(state: Any) -> Any:
+  return flax.serialization.to_state_dict(state)
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, target_state: Any) -> Any:
+  restored = manager.restore(step, args=ocp.args.StandardRestore(_to_tree(target_state)))
+  return flax.serialization.from_state_dict(target_state, restored)

@@ -1,0 +1,1 @@
+"""Input pipelines: the embedded demo set, image augmentation and the batch iterators."""

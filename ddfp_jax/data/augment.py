@@ -1,0 +1,252 @@
+"""Image augmentation as pure TensorFlow functions of (inputs, seed).
+
+Every op draws its randomness from `tf.random.stateless_*` with a shape-[2] integer seed,
+so the same seed gives the same output eagerly and inside `tf.data.Dataset.map`, whatever
+the order in which parallel workers run. Ops that need several random numbers split their
+seed with `tf.random.experimental.stateless_split`.
+
+Images are RGB on the 0..255 scale; the geometric ops accept uint8 or float and return
+float32 (resizing produces fractional values, which are kept rather than re-quantised as
+PIL would). Labels and ignore masks are uint8 (H, W). Geometric ops take an optional
+`ignore` mask and return `(image, label, ignore)`, `ignore` being None when none was given.
+
+Weak augmentation (both streams), as in the release: random rescale of the long side,
+crop with padding (image 0, label and ignore 255) to the bottom and right, horizontal
+flip. The unlabeled stream passes a zero map as its `label`; after cropping it is the
+ignore mask (255 on padding).
+
+Strong augmentation (unlabeled stream, on the weak view): colour jitter with torchvision
+ColorJitter's semantics (factors uniform in [max(0, 1 - b), 1 + b], hue shift uniform in
+[-h, h], the four adjustments applied in a random order as torchvision does), random
+grayscale, Gaussian blur with sigma uniform in a range.
+"""
+import math
+from typing import Optional, Sequence, Tuple
+
+import tensorflow as tf
+
+Tensor = tf.Tensor
+Geometric = Tuple[Tensor, Tensor, Optional[Tensor]]
+
+# ITU-R 601-2 luma, the weights of torchvision's rgb_to_grayscale and PIL's convert("L").
+_LUMA = (0.2989, 0.587, 0.114)
+# Named explicitly: "auto_select" may pick another generator on another device or version.
+ALG = "philox"
+
+
+def split_seed(seed: Tensor, num: int):
+  """`num` independent shape-[2] seeds derived from `seed`."""
+  return tf.unstack(tf.random.experimental.stateless_split(seed, num, alg=ALG))
+
+
+def _as_float(image: Tensor) -> Tensor:
+  return tf.cast(image, tf.float32)
+
+
+def random_rescale(image: Tensor, label: Tensor, seed: Tensor,
+                   scale_range: Sequence[float], ignore: Optional[Tensor] = None) -> Geometric:
+  """Rescales so the long side is an integer uniform in [lo * L, hi * L], aspect kept.
+
+  As the release: L is the original long side, the bounds are truncated to integers, the
+  short side is rounded half up. The image is resized bilinearly with antialiasing (close
+  to PIL's BILINEAR, which widens its filter when shrinking), label and ignore by nearest
+  neighbour.
+
+  Args:
+    image: (H, W, 3) RGB, uint8 or float.
+    label: (H, W) integer label map.
+    seed: shape-[2] integer seed.
+    scale_range: (lo, hi) factors of the long side.
+    ignore: optional (H, W) mask resized like the label.
+
+  Returns:
+    (image float32, label, ignore) at the new size.
+  """
+  shape = tf.shape(label)
+  h, w = shape[0], shape[1]
+  long_side = tf.cast(tf.maximum(h, w), tf.float64)
+  lo = tf.cast(scale_range[0] * long_side, tf.int32)
+  hi = tf.cast(scale_range[1] * long_side, tf.int32)
+  new_long = tf.random.stateless_uniform([], seed, minval=lo, maxval=hi + 1, dtype=tf.int32,
+                                         alg=ALG)
+  new_long_f = tf.cast(new_long, tf.float64)
+  hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
+  out_h = tf.where(h > w, new_long, tf.cast(hf * new_long_f / wf + 0.5, tf.int32))
+  out_w = tf.where(h > w, tf.cast(wf * new_long_f / hf + 0.5, tf.int32), new_long)
+  size = tf.stack([out_h, out_w])
+  image = tf.image.resize(_as_float(image), size, method="bilinear", antialias=True)
+
+  def nearest(x):
+    return tf.image.resize(x[..., None], size, method="nearest")[..., 0]
+
+  return image, nearest(label), None if ignore is None else nearest(ignore)
+
+
+def random_crop_and_pad(image: Tensor, label: Tensor, ignore: Optional[Tensor], seed: Tensor,
+                        crop: int, label_pad: int = 255, ignore_pad: int = 255) -> Geometric:
+  """Pads bottom/right to at least `crop` x `crop`, then crops a uniform random window.
+
+  Padding values: image 0, label `label_pad`, ignore `ignore_pad`, as the release.
+
+  Args:
+    image: (H, W, 3) RGB.
+    label: (H, W) label map.
+    ignore: optional (H, W) mask, or None.
+    seed: shape-[2] integer seed.
+    crop: side of the square output.
+    label_pad: label value of padded pixels.
+    ignore_pad: ignore-mask value of padded pixels.
+
+  Returns:
+    (image float32 (crop, crop, 3), label (crop, crop), ignore (crop, crop) or None).
+  """
+  shape = tf.shape(label)
+  pad_h = tf.maximum(crop - shape[0], 0)
+  pad_w = tf.maximum(crop - shape[1], 0)
+  paddings = [[0, pad_h], [0, pad_w]]
+  image = tf.pad(_as_float(image), paddings + [[0, 0]], constant_values=0.0)
+  label = tf.pad(label, paddings, constant_values=tf.cast(label_pad, label.dtype))
+  if ignore is not None:
+    ignore = tf.pad(ignore, paddings, constant_values=tf.cast(ignore_pad, ignore.dtype))
+  seed_y, seed_x = split_seed(seed, 2)
+
+  def offset(s, size):
+    return tf.random.stateless_uniform([], s, 0, size - crop + 1, dtype=tf.int32, alg=ALG)
+
+  y = offset(seed_y, shape[0] + pad_h)
+  x = offset(seed_x, shape[1] + pad_w)
+
+  def window(t):
+    t = t[y:y + crop, x:x + crop]
+    t.set_shape([crop, crop] + t.shape[2:])
+    return t
+
+  return window(image), window(label), None if ignore is None else window(ignore)
+
+
+def random_flip(image: Tensor, label: Tensor, ignore: Optional[Tensor],
+                seed: Tensor) -> Geometric:
+  """Flips image, label and ignore left-right together with probability 0.5."""
+  tensors = [image, label] + ([] if ignore is None else [ignore])
+  flip = tf.random.stateless_uniform([], seed, alg=ALG) < 0.5
+  flipped = tf.cond(flip, lambda: [tf.reverse(t, axis=[1]) for t in tensors],
+                    lambda: [tf.identity(t) for t in tensors])
+  return flipped[0], flipped[1], flipped[2] if ignore is not None else None
+
+
+def _grayscale(x: Tensor) -> Tensor:
+  """(H, W, 1) luma of an (H, W, 3) image."""
+  return tf.reduce_sum(x * tf.constant(_LUMA, x.dtype), axis=-1, keepdims=True)
+
+
+def _blend(x: Tensor, y: Tensor, factor: Tensor) -> Tensor:
+  """factor * x + (1 - factor) * y, clipped to [0, 1] (torchvision's _blend)."""
+  return tf.clip_by_value(factor * x + (1.0 - factor) * y, 0.0, 1.0)
+
+
+def color_jitter(image: Tensor, seed: Tensor, brightness: float, contrast: float,
+                 saturation: float, hue: float) -> Tensor:
+  """torchvision's ColorJitter on a 0..255 RGB image; returns float32 0..255.
+
+  Factors are uniform in [max(0, 1 - b), 1 + b] (brightness, contrast, saturation) and the
+  hue shift uniform in [-hue, hue] (fraction of the hue circle); the four adjustments run
+  in a random order. Contrast blends towards the mean luma of the whole image, saturation
+  towards the per-pixel luma, as torchvision does for tensors; values are clipped to the
+  valid range after every adjustment.
+  """
+  seeds = split_seed(seed, 5)
+
+  def factor(s, b):
+    return tf.random.stateless_uniform([], s, max(0.0, 1.0 - b), 1.0 + b, alg=ALG)
+
+  f_brightness = factor(seeds[0], brightness)
+  f_contrast = factor(seeds[1], contrast)
+  f_saturation = factor(seeds[2], saturation)
+  f_hue = tf.random.stateless_uniform([], seeds[3], -hue, hue, alg=ALG)
+  order = tf.argsort(tf.random.stateless_uniform([4], seeds[4], alg=ALG))
+
+  adjustments = (
+      lambda x: tf.clip_by_value(x * f_brightness, 0.0, 1.0),
+      lambda x: _blend(x, tf.reduce_mean(_grayscale(x)), f_contrast),
+      lambda x: _blend(x, _grayscale(x), f_saturation),
+      lambda x: tf.image.adjust_hue(x, f_hue),
+  )
+  x = _as_float(image) / 255.0
+  for i in range(4):
+    x = tf.switch_case(order[i], [lambda f=f, x=x: f(x) for f in adjustments])
+    x.set_shape(image.shape)
+  return x * 255.0
+
+
+def grayscale(image: Tensor) -> Tensor:
+  """Luma replicated to 3 channels (torchvision's RandomGrayscale output)."""
+  return tf.tile(_grayscale(_as_float(image)), [1, 1, 3])
+
+
+def gaussian_blur(image: Tensor, sigma: Tensor, max_sigma: float) -> Tensor:
+  """Separable Gaussian blur with standard deviation `sigma`, symmetric padding.
+
+  The kernel has a fixed size 2 * ceil(3 * max_sigma) + 1 (13 taps for the release's
+  sigma range [0.1, 2.0]) whatever `sigma` is, so shapes are static; for smaller sigma
+  the outer taps are just ~0. PIL's GaussianBlur(radius=sigma), which the release uses,
+  approximates the same Gaussian with box filters.
+  """
+  radius = max(1, int(math.ceil(3.0 * max_sigma)))
+  taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+  sigma = tf.cast(sigma, tf.float32)
+  kernel = tf.exp(-0.5 * tf.square(taps / sigma))
+  kernel /= tf.reduce_sum(kernel)
+  x = tf.pad(_as_float(image)[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+             mode="SYMMETRIC")
+  channels = 3
+  k_h = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+  k_w = tf.reshape(k_h, [1, -1, channels, 1])
+  x = tf.nn.depthwise_conv2d(x, k_h, strides=[1, 1, 1, 1], padding="VALID")
+  x = tf.nn.depthwise_conv2d(x, k_w, strides=[1, 1, 1, 1], padding="VALID")
+  return x[0]
+
+
+def strong_augment(image: Tensor, seed: Tensor, *, color_jitter_prob: float,
+                   brightness: float, contrast: float, saturation: float, hue: float,
+                   grayscale_prob: float, blur_prob: float,
+                   blur_sigma: Sequence[float]) -> Tensor:
+  """Colour jitter (p), grayscale (p), Gaussian blur (p), in the release's order.
+
+  Args:
+    image: (H, W, 3) RGB on 0..255.
+    seed: shape-[2] integer seed.
+    color_jitter_prob: probability of applying `color_jitter`.
+    brightness: colour jitter brightness strength.
+    contrast: colour jitter contrast strength.
+    saturation: colour jitter saturation strength.
+    hue: colour jitter hue strength (at most 0.5).
+    grayscale_prob: probability of converting to grayscale.
+    blur_prob: probability of blurring.
+    blur_sigma: (lo, hi) range of the blur's standard deviation in pixels.
+
+  Returns:
+    float32 (H, W, 3) on 0..255, same geometry as `image`.
+  """
+  s_jitter_p, s_jitter, s_gray_p, s_blur_p, s_sigma = split_seed(seed, 5)
+  image = _as_float(image)
+
+  def maybe(s, prob, fn, x):
+    apply = tf.random.stateless_uniform([], s, alg=ALG) < prob
+    y = tf.cond(apply, lambda: fn(x), lambda: tf.identity(x))
+    y.set_shape(x.shape)
+    return y
+
+  image = maybe(s_jitter_p, color_jitter_prob,
+                lambda x: color_jitter(x, s_jitter, brightness, contrast, saturation, hue),
+                image)
+  image = maybe(s_gray_p, grayscale_prob, grayscale, image)
+  sigma = tf.random.stateless_uniform([], s_sigma, blur_sigma[0], blur_sigma[1], alg=ALG)
+  image = maybe(s_blur_p, blur_prob, lambda x: gaussian_blur(x, sigma, blur_sigma[1]), image)
+  return image
+
+
+def normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+  """(image - mean) / std per channel, on 0..255 RGB; float32."""
+  mean = tf.constant(mean, tf.float32)
+  std = tf.constant(std, tf.float32)
+  return (_as_float(image) - mean) / std

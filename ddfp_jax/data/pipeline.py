@@ -1,0 +1,288 @@
+"""Deterministic, resumable train batches and complete eval passes, sharded by process.
+
+Training draws, at every global step s, a global batch of labeled and unlabeled examples
+and gives each process a contiguous slice of it. Which examples and how they are
+augmented depend only on (config.seed, s, position in the global batch, stream):
+
+- Example order: epoch e = s // config.steps_per_epoch. Its unlabeled order is the
+  concatenation of NumPy `RandomState` permutations of the unlabeled set, each seeded by
+  (seed, stream, e, pass), cut to steps_per_epoch x global batch ids: a set smaller than
+  an epoch's demand is cycled with a fresh permutation per pass, a larger one is sampled
+  by the epoch's permutation. The labeled stream is built the same way, so it is repeated
+  (a new permutation every pass) to match the unlabeled stream, as in the release.
+  `RandomState` permutations are frozen by NumPy's compatibility policy, so orders are
+  reproducible across NumPy versions. The source is `Dataset.range(start_step, ...)`;
+  each step's ids come from NumPy through `tf.numpy_function`, a pure function of the step.
+- Augmentation: each example's shape-[2] seed is
+  fold_in(fold_in((seed, stream), step), position) with TensorFlow's stateless ops.
+
+So the batch of step s is the same whether the iterator started at 0 or at s (exact
+resume), and the same global batch is seen whatever the split into processes and
+devices. Parallel `map`s keep their order (`deterministic=True`).
+
+Evaluation makes one pass in index order; the last global batch is padded with copies of
+the first example marked `valid=False`, never dropped.
+
+The demo set is small, so each split is decoded from TFDS once into memory and examples
+are gathered from there. The real datasets (a later change) will stream from TFDS instead.
+"""
+import functools
+from typing import Dict, Iterator, Optional, Tuple
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from ddfp_jax.data import augment
+from ddfp_jax.data import demo
+
+_IMPLEMENTED = ("demo",)
+_LABELED, _UNLABELED = 0, 1
+
+
+class DatasetError(Exception):
+  """A dataset that is unknown, unsupported or misconfigured."""
+
+
+def _check_config(config) -> None:
+  name = config.data.name
+  if name not in _IMPLEMENTED:
+    raise DatasetError(
+        f"config.data.name={name!r} is not available: only {_IMPLEMENTED} is implemented "
+        "so far. The real datasets (cityscapes, pascal, pascal_blended) are not wired into "
+        "the input pipeline yet; use configs/demo.py or set --config.data.name=demo.")
+  if config.data.shuffle_buffer:
+    raise DatasetError(
+        f"config.data.shuffle_buffer={config.data.shuffle_buffer} is not supported: the "
+        "pipeline always uses an exact per-epoch permutation (which keeps it deterministic "
+        "and resumable). Set it to 0.")
+
+
+# (data_dir, builder config name, split) -> (images, labels); the name encodes the sizes
+# and seed of the demo set.
+_ARRAYS: Dict[Tuple[Optional[str], str, str], Tuple[np.ndarray, np.ndarray]] = {}
+
+
+def load_split_arrays(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
+  """All of `split` in memory: images uint8 (N, H, W, 3), labels uint8 (N, H, W).
+
+  Cached per (data config, split), so repeated iterators decode the split once.
+  """
+  _check_config(config)
+  if split not in demo.SPLITS:
+    raise DatasetError(f"Unknown split {split!r} of the demo set; expected one of "
+                       f"{demo.SPLITS}.")
+  key = (config.data.data_dir, demo.builder_config_for(config).name, split)
+  if key not in _ARRAYS:
+    images, labels, indices = [], [], []
+    for example in demo.load_demo_split(config, split).as_numpy_iterator():
+      images.append(example["image"])
+      labels.append(example["label"])
+      indices.append(example["index"])
+    order = np.argsort(indices)
+    _ARRAYS[key] = (np.stack(images)[order], np.stack(labels)[order])
+  return _ARRAYS[key]
+
+
+def num_eval_examples(config, split: str = "validation") -> int:
+  """Number of examples in `split`; every one is evaluated exactly once."""
+  return len(load_split_arrays(config, split)[1])
+
+
+def _epoch_order(seed: int, stream: int, epoch: int, num_examples: int,
+                 length: int) -> np.ndarray:
+  """Example ids of one epoch of a stream: fresh permutations, concatenated, cut."""
+  passes = -(-length // num_examples)
+  perms = []
+  for p in range(passes):
+    state = np.random.SeedSequence([seed, stream, epoch, p]).generate_state(4)
+    perms.append(np.random.RandomState(state).permutation(num_examples))
+  return np.concatenate(perms)[:length].astype(np.int32)
+
+
+def _example_seed(seed: int, stream: int, step: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
+  base = tf.constant([seed, stream], tf.int64)
+  key = tf.random.experimental.stateless_fold_in(base, step, alg=augment.ALG)
+  return tf.random.experimental.stateless_fold_in(key, tf.cast(position, tf.int64),
+                                                  alg=augment.ALG)
+
+
+def _check_process(process_index: int, process_count: int) -> None:
+  if not 0 <= process_index < process_count:
+    raise DatasetError(f"process_index={process_index} is outside [0, process_count="
+                       f"{process_count}).")
+
+
+def _num_local_devices(local_device_count: Optional[int]) -> int:
+  return jax.local_device_count() if local_device_count is None else int(local_device_count)
+
+
+def _stream(config, split: str, stream: int, per_device: int, start_step: int,
+            process_index: int, process_count: int, devices: int, augment_fn) -> tf.data.Dataset:
+  """Per-step batches (devices * per_device examples) of one stream, augmented."""
+  images, labels = load_split_arrays(config, split)
+  local = devices * per_device
+  global_batch = local * process_count
+  local_slice = slice(process_index * local, (process_index + 1) * local)
+  seed = int(config.seed)
+  steps_per_epoch = int(config.steps_per_epoch)
+  positions = np.arange(global_batch, dtype=np.int32)[local_slice]
+
+  @functools.lru_cache(maxsize=2)
+  def epoch_order(epoch: int) -> np.ndarray:
+    return _epoch_order(seed, stream, epoch, len(labels), steps_per_epoch * global_batch)
+
+  def ids_for_step(step: np.ndarray) -> np.ndarray:
+    offset = (int(step) % steps_per_epoch) * global_batch
+    return epoch_order(int(step) // steps_per_epoch)[offset:offset + global_batch][local_slice]
+
+  def step_examples(step):
+    # The order is NumPy's; a pure function of the step, so tf.data may run it anywhere.
+    ids = tf.numpy_function(ids_for_step, [step], tf.int32, stateful=False)
+    ids.set_shape([local])
+    return {"step": tf.fill([local], step), "position": tf.constant(positions), "id": ids}
+
+  images_t = tf.constant(images)
+  labels_t = tf.constant(labels)
+
+  def load_and_augment(element):
+    example_seed = _example_seed(seed, stream, element["step"], element["position"])
+    image = tf.gather(images_t, element["id"])
+    label = tf.gather(labels_t, element["id"])
+    return augment_fn(image, label, example_seed)
+
+  ds = tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max)
+  ds = ds.map(step_examples).unbatch()
+  ds = ds.map(load_and_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(local, drop_remainder=True)
+
+
+def _weak(image, label, seed, data, ignore=None):
+  s_rescale, s_crop, s_flip = augment.split_seed(seed, 3)
+  image, label, ignore = augment.random_rescale(image, label, s_rescale, data.scale_range,
+                                                ignore)
+  image, label, ignore = augment.random_crop_and_pad(
+      image, label, ignore, s_crop, int(data.crop_size), label_pad=int(data.ignore_label))
+  return augment.random_flip(image, label, ignore, s_flip)
+
+
+def train_batches(config, *, start_step: int = 0, process_index: int = 0,
+                  process_count: int = 1,
+                  local_device_count: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+  """Infinite iterator of this process's share of the training batches from `start_step`.
+
+  Args:
+    config: the experiment config (`config.seed`, `config.steps_per_epoch`, `config.data`).
+    start_step: global step of the first batch; the batches equal those an iterator started
+      at 0 yields from that step on.
+    process_index: this process's index; it gets slice `process_index` of the global batch.
+    process_count: number of processes sharing the global batch.
+    local_device_count: devices of this process (default `jax.local_device_count()`).
+
+  Yields:
+    Dicts of NumPy arrays with a leading device axis D, C = crop_size,
+    Bl = labeled_per_device, Bu = unlabeled_per_device:
+      labeled_image float32 (D, Bl, C, C, 3), normalised;
+      labeled_label int32 (D, Bl, C, C), ignore_label on padding;
+      unlabeled_weak float32 (D, Bu, C, C, 3), normalised;
+      unlabeled_strong float32 (D, Bu, C, C, 3), normalised, same geometry as weak;
+      unlabeled_ignore int32 (D, Bu, C, C), 255 on padding, 0 elsewhere.
+  """
+  _check_config(config)
+  _check_process(process_index, process_count)
+  data = config.data
+  devices = _num_local_devices(local_device_count)
+  bl, bu = int(data.labeled_per_device), int(data.unlabeled_per_device)
+  mean, std = tuple(data.mean), tuple(data.std)
+  strong_kwargs = dict(
+      color_jitter_prob=float(data.color_jitter_prob), brightness=float(data.brightness),
+      contrast=float(data.contrast), saturation=float(data.saturation),
+      hue=float(data.hue), grayscale_prob=float(data.grayscale_prob),
+      blur_prob=float(data.blur_prob), blur_sigma=tuple(data.blur_sigma))
+
+  def labeled_fn(image, label, seed):
+    image, label, _ = _weak(image, label, seed, data)
+    return augment.normalize(image, mean, std), tf.cast(label, tf.int32)
+
+  def unlabeled_fn(image, label, seed):
+    s_weak, s_strong = augment.split_seed(seed, 2)
+    # As the release, the unlabeled "label" is a zero map that padding turns into 255.
+    image, ignore, _ = _weak(image, tf.zeros_like(label), s_weak, data)
+    strong = augment.strong_augment(image, s_strong, **strong_kwargs)
+    return (augment.normalize(image, mean, std), augment.normalize(strong, mean, std),
+            tf.cast(ignore, tf.int32))
+
+  common = dict(start_step=start_step, process_index=process_index,
+                process_count=process_count, devices=devices)
+  labeled = _stream(config, "labeled", _LABELED, bl, augment_fn=labeled_fn, **common)
+  unlabeled = _stream(config, "unlabeled", _UNLABELED, bu, augment_fn=unlabeled_fn, **common)
+
+  def to_devices(lab, unlab):
+    def split(x, per_device):
+      return tf.reshape(x, [devices, per_device] + x.shape[1:])
+    return {"labeled_image": split(lab[0], bl), "labeled_label": split(lab[1], bl),
+            "unlabeled_weak": split(unlab[0], bu), "unlabeled_strong": split(unlab[1], bu),
+            "unlabeled_ignore": split(unlab[2], bu)}
+
+  ds = tf.data.Dataset.zip(labeled, unlabeled).map(to_devices)
+  ds = ds.prefetch(int(data.prefetch) if data.prefetch else tf.data.AUTOTUNE)
+  return iter(ds.as_numpy_iterator())
+
+
+def eval_positions(num_examples: int, batch_per_process: int, process_index: int,
+                   process_count: int) -> Tuple[np.ndarray, np.ndarray]:
+  """This process's example ids and validity, step by step, for one complete pass.
+
+  The global eval batch is process_count x batch_per_process examples; process p takes
+  the contiguous slice p of every global batch. Positions past the end are padding: id 0,
+  valid False.
+  """
+  global_batch = batch_per_process * process_count
+  steps = max(1, -(-num_examples // global_batch))
+  positions = np.arange(steps * global_batch).reshape(steps, process_count, batch_per_process)
+  positions = positions[:, process_index].reshape(-1)
+  valid = positions < num_examples
+  return np.where(valid, positions, 0).astype(np.int32), valid
+
+
+def eval_batches(config, split: str = "validation", *, process_index: int = 0,
+                 process_count: int = 1,
+                 local_device_count: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+  """One pass over `split`, full images, every example exactly once across processes.
+
+  Args:
+    config: the experiment config.
+    split: split to evaluate.
+    process_index: this process's index.
+    process_count: number of processes.
+    local_device_count: devices of this process (default `jax.local_device_count()`).
+
+  Yields:
+    Dicts of NumPy arrays, Be = eval_per_device, D devices:
+      image float32 (D, Be, H, W, 3), normalised;
+      label int32 (D, Be, H, W);
+      valid bool (D, Be): False on padding (copies of the first example).
+    Every process yields the same number of batches.
+  """
+  _check_process(process_index, process_count)
+  data = config.data
+  images, labels = load_split_arrays(config, split)
+  devices = _num_local_devices(local_device_count)
+  be = int(data.eval_per_device)
+  ids, valid = eval_positions(len(labels), devices * be, process_index, process_count)
+  mean, std = tuple(data.mean), tuple(data.std)
+  images_t = tf.constant(images)
+  labels_t = tf.constant(labels)
+
+  def load(idx, ok):
+    return {"image": augment.normalize(tf.gather(images_t, idx), mean, std),
+            "label": tf.cast(tf.gather(labels_t, idx), tf.int32), "valid": ok}
+
+  def to_devices(batch):
+    return {k: tf.reshape(v, [devices, be] + v.shape[1:]) for k, v in batch.items()}
+
+  ds = tf.data.Dataset.from_tensor_slices((ids, valid))
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(devices * be, drop_remainder=True).map(to_devices)
+  ds = ds.prefetch(int(data.prefetch) if data.prefetch else tf.data.AUTOTUNE)
+  return iter(ds.as_numpy_iterator())

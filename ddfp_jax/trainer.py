@@ -1,0 +1,171 @@
+"""The training loop: pmapped steps, periodic evaluation, checkpoints, metrics, resume.
+
+`train_and_evaluate(config, workdir)` is the one entry point `main.py` calls. A run that
+is stopped and started again with the same command continues exactly where the last
+checkpoint left it: the state holds the step, both optimisers, the teacher, the flow and
+the RNG key; schedules and per-step randomness are functions of the step; the input
+pipeline is a pure function of (seed, step).
+"""
+import os
+from typing import Any, Dict, Optional
+
+from absl import logging
+from clu import metric_writers, periodic_actions
+import flax
+import jax
+import ml_collections
+import numpy as np
+
+from ddfp_jax import builders
+from ddfp_jax.checkpoint import Checkpointer
+from ddfp_jax.config_check import check_config
+from ddfp_jax.data import pipeline
+from ddfp_jax.evaluate import evaluate, make_eval_step
+from ddfp_jax.state import TrainState, create_train_state
+from ddfp_jax.train_step import AXIS, phase_at, pmap_train_step, replicate
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced a non-finite loss or gradient."""
+
+
+def _eval_fn(config: ml_collections.ConfigDict):
+  model = builders.build_model(config)
+  density = builders.build_density(config) if config.train.eval_flow else None
+  step = make_eval_step(model, config.data.num_classes, density=density, axis_name=AXIS,
+                        ignore_label=config.data.ignore_label)
+  return jax.pmap(step, axis_name=AXIS, in_axes=(None, None, 0))
+
+
+def evaluate_state(config: ml_collections.ConfigDict, state: TrainState, p_eval=None,
+                   teacher: bool = True) -> Dict[str, Any]:
+  """mIoU of the student (and the teacher, and optionally the flow) on validation."""
+  p_eval = p_eval or _eval_fn(config)
+  kwargs = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  results = {}
+  models = {"student": (state.params, state.batch_stats)}
+  if teacher:
+    models["teacher"] = (state.teacher_params, state.teacher_batch_stats)
+  for name, (params, stats) in models.items():
+    flow = state.flow_params if (config.train.eval_flow and name == "teacher") else None
+    out = evaluate(p_eval, {"params": params, "batch_stats": stats},
+                   pipeline.eval_batches(config, **kwargs), density_params=flow)
+    for key, value in out.items():
+      if key != "confusion":
+        results[f"{name}/{key}"] = value
+  return results
+
+
+def _scalars(results: Dict[str, Any]) -> Dict[str, float]:
+  scalars = {}
+  for key, value in results.items():
+    if np.ndim(value) == 0:
+      scalars[key] = float(value)
+    else:   # per-class IoU
+      scalars.update({f"{key}/{i}": float(v) for i, v in enumerate(np.asarray(value))})
+  return scalars
+
+
+def _nonfinite_message(step: int, metrics: Dict[str, float], checkpointer: Checkpointer,
+                       directory: str) -> str:
+  last = checkpointer.latest_step()
+  where = (f"the last checkpoint, step {last}, is intact in {directory}" if last is not None
+           else "no checkpoint had been written yet")
+  shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in ("loss", "grad_norm", "loss_flow")
+                    if k in metrics)
+  return (f"Training stopped at step {step}: the loss or a gradient norm is not finite "
+          f"({shown}). That step did not change the model, and {where}. Usual causes are a "
+          "learning rate too high for the batch size (see optim.learning_rate and "
+          "optim.lr_scaling), a bfloat16 overflow (try --config.model.dtype=float32), or "
+          "corrupt input (NaN pixels or labels outside the classes). Rerunning the same "
+          "command resumes from the last checkpoint.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final
+  evaluation metrics."""
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  total = config.total_steps
+
+  state = create_train_state(config, jax.random.key(config.seed))
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
+  start = checkpointer.latest_step()
+  if start is not None:
+    state = checkpointer.restore(state)
+    logging.info("Resumed from step %d in %s.", start, ckpt_dir)
+  else:
+    start = 0
+    writer.write_hparams(flax.traverse_util.flatten_dict(config.to_dict(), sep="."))
+  stop = total if config.train.steps_this_run <= 0 else min(
+      total, start + config.train.steps_this_run)
+
+  state = replicate(state)
+  p_step = pmap_train_step(config)
+  p_eval = _eval_fn(config)
+  batches = pipeline.train_batches(config, start_step=start,
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+  history = []
+  pending = None   # the previous step's metrics, read one step late to keep the device busy
+  results = {}
+  for step in range(start, stop):
+    state, metrics = p_step(state, next(batches), phase_at(config, step))
+    if pending is not None and int(pending[1]["nonfinite"]):
+      bad = {k: float(v) for k, v in pending[1].items()}
+      checkpointer.wait()
+      raise NonFiniteError(_nonfinite_message(pending[0], bad, checkpointer, ckpt_dir))
+    pending = (step + 1, metrics)
+    history.append(metrics)
+    report(step + 1)
+    done = step + 1
+    if done % config.train.log_every == 0 or done == stop:
+      averaged = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(history))
+      averaged.pop("nonfinite")
+      writer.write_scalars(done, {f"train/{k}": v for k, v in averaged.items()})
+      history = []
+    if done % config.train.eval_every == 0 or done == total:
+      if int(metrics["nonfinite"]):
+        continue   # raised at the top of the next iteration (or below, on the last step)
+      results = evaluate_state(config, state, p_eval)
+      writer.write_scalars(done, _scalars(results))
+      best = max(results["student/miou"], results["teacher/miou"])
+      checkpointer.save_best(done, state, best)
+    if done % config.train.checkpoint_every == 0 or done == stop:
+      if not int(metrics["nonfinite"]):
+        checkpointer.save(done, state)
+  if pending is not None and int(pending[1]["nonfinite"]):
+    bad = {k: float(v) for k, v in pending[1].items()}
+    checkpointer.wait()
+    raise NonFiniteError(_nonfinite_message(pending[0], bad, checkpointer, ckpt_dir))
+  checkpointer.wait()
+  writer.flush()
+  if results and is_chief:
+    print(f"Final (step {stop}): teacher mIoU {100 * results['teacher/miou']:.2f}, "
+          f"student mIoU {100 * results['student/miou']:.2f}", flush=True)
+  checkpointer.close()
+  return results
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step: Optional[int] = None) -> Dict[str, Any]:
+  """Eval-only mode: scores the latest (or given) checkpoint in `workdir`."""
+  check_config(config)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
+  if checkpointer.latest_step() is None:
+    raise FileNotFoundError(
+        f"No checkpoint to evaluate in {ckpt_dir}. Train first with the same --workdir, or "
+        "point --workdir at a directory that holds a checkpoints/ folder from a run.")
+  state = checkpointer.restore(create_train_state(config, jax.random.key(config.seed)), step)
+  checkpointer.close()
+  results = evaluate_state(config, state)
+  if jax.process_index() == 0:
+    print(f"Checkpoint step {int(state.step)}: teacher mIoU "
+          f"{100 * results['teacher/miou']:.2f}, student mIoU "
+          f"{100 * results['student/miou']:.2f}", flush=True)
+  return results

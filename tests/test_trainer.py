@@ -1,0 +1,136 @@
+"""Trainer and CLI: exact resume, non-finite stop, config errors, end to end."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ddfp_jax import trainer
+from ddfp_jax.checkpoint import Checkpointer
+from ddfp_jax.config_check import ConfigError, check_config
+from ddfp_jax.state import create_train_state
+from tiny import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def demo_config(data_dir, **overrides):
+  """The tiny model on a small demo set: steps 0 warm-up, 1 flow, 2-3 DDFP."""
+  base = {
+      "total_steps": 4, "steps_per_epoch": 1, "data.num_classes": 11,
+      "data.data_dir": str(data_dir), "data.demo_image_size": 48, "data.demo_labeled": 8,
+      "data.demo_unlabeled": 16, "data.demo_validation": 6, "data.eval_per_device": 2,
+      "train.eval_every": 1000, "train.checkpoint_every": 2, "train.log_every": 1,
+  }
+  base.update(overrides)
+  return tiny_config(**base)
+
+
+def _restore(config, workdir, step):
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    return ckpt.restore(create_train_state(config, jax.random.key(0)), step)
+
+
+def _assert_identical(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
+  config = demo_config(tmp_path / "tfds")
+  straight = str(tmp_path / "straight")
+  results = trainer.train_and_evaluate(config, straight)
+  assert 0.0 <= results["teacher/miou"] <= 1.0 and 0.0 <= results["student/miou"] <= 1.0
+
+  # Stop after 2 steps (the checkpoint is written), start again with the same command.
+  resumed = str(tmp_path / "resumed")
+  chunked = demo_config(tmp_path / "tfds", **{"train.steps_this_run": 2})
+  assert trainer.train_and_evaluate(chunked, resumed) == {}
+  with Checkpointer(os.path.join(resumed, "checkpoints")) as ckpt:
+    assert ckpt.latest_step() == 2
+  results_resumed = trainer.train_and_evaluate(chunked, resumed)
+
+  # Same checkpoint at the stop, same final state (teacher, flow, optimisers, RNG) and
+  # the same final evaluation.
+  _assert_identical(_restore(config, straight, 2), _restore(config, resumed, 2))
+  _assert_identical(_restore(config, straight, 4), _restore(config, resumed, 4))
+  assert results_resumed["teacher/miou"] == results["teacher/miou"]
+  assert results_resumed["student/miou"] == results["student/miou"]
+
+
+def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+  config = demo_config(tmp_path / "tfds", **{
+      "optim.learning_rate": 1e12, "train.checkpoint_every": 1, "total_steps": 6,
+      "steps_per_epoch": 3})
+  workdir = str(tmp_path / "run")
+  with pytest.raises(trainer.NonFiniteError, match="not finite") as err:
+    trainer.train_and_evaluate(config, workdir)
+  message = str(err.value)
+  assert "Training stopped at step" in message and "learning rate" in message
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    last = ckpt.latest_step()
+  assert last is not None and f"step {last}" in message
+  state = _restore(config, workdir, last)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state)
+             if np.asarray(x).dtype.kind == "f")
+
+
+def test_config_check_names_missing_unknown_and_mistyped_keys():
+  config = tiny_config()
+  check_config(config)
+  config.unlock()
+  del config.ddfp["eps"]
+  config.model.dept = 50
+  del config.flow["hidden"]   # a config file that rebuilds a field with the wrong type
+  config.flow.hidden = "wide"
+  with pytest.raises(ConfigError) as err:
+    check_config(config)
+  message = str(err.value)
+  assert "missing key(s) ddfp.eps" in message
+  assert "unknown key 'model.dept' (did you mean 'model.depth'?)" in message
+  assert "'flow.hidden' should be a int" in message
+
+
+def _run_cli(*args, cwd=REPO):
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=cwd,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def _overrides(data_dir):
+  config = demo_config(data_dir)
+  flat = {"total_steps": 2, "steps_per_epoch": 1, "data.num_classes": 11,
+          "data.data_dir": data_dir, "data.demo_image_size": 48, "data.demo_labeled": 8,
+          "data.demo_unlabeled": 16, "data.demo_validation": 6, "data.eval_per_device": 2,
+          "data.crop_size": 32, "data.labeled_per_device": 2, "data.unlabeled_per_device": 2,
+          "model.width": config.model.width, "model.aspp_rates": "(1,2,3)",
+          "flow.hidden": 16, "flow.num_samples": 64, "ddfp.threshold": 0.2}
+  return [f"--config.{k}={v}" for k, v in flat.items()]
+
+
+def test_cli_trains_then_evaluates_end_to_end(tmp_path):
+  workdir = str(tmp_path / "run")
+  args = ["--config", "configs/demo.py", "--workdir", workdir, *_overrides(tmp_path / "tfds")]
+  out = _run_cli(*args)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Final (step 2): teacher mIoU" in out.stdout
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "latest", "2"))
+  evaluated = _run_cli(*args, "--mode", "eval")
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert "Checkpoint step 2: teacher mIoU" in evaluated.stdout
+
+
+def test_cli_rejects_unknown_override_and_missing_config_cleanly(tmp_path):
+  out = _run_cli("--config", "configs/demo.py", "--workdir", str(tmp_path),
+                 "--config.model.dept=50")
+  assert out.returncode == 2
+  assert 'Did you mean "depth"' in out.stderr and "Traceback" not in out.stderr
+  out = _run_cli("--config", "configs/nope.py", "--workdir", str(tmp_path))
+  assert out.returncode == 2
+  assert "config file cannot be loaded" in out.stderr and "Traceback" not in out.stderr
+  out = _run_cli("--config", "configs/demo.py", "--workdir", str(tmp_path / "empty"),
+                 "--mode", "eval")
+  assert out.returncode == 1
+  assert "No checkpoint to evaluate" in out.stderr and "Traceback" not in out.stderr
