@@ -13,6 +13,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 import flax
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -37,14 +38,14 @@ def _eval_fn(config: ml_collections.ConfigDict):
   return jax.pmap(step, axis_name=AXIS, in_axes=(None, None, 0))
 
 
-def evaluate_state(config: ml_collections.ConfigDict, state: TrainState, p_eval=None,
-                   teacher: bool = True) -> Dict[str, Any]:
+def evaluate_state(config: ml_collections.ConfigDict, state: TrainState,
+                   p_eval=None) -> Dict[str, Any]:
   """mIoU of the student (and the teacher, and optionally the flow) on validation."""
   p_eval = p_eval or _eval_fn(config)
   kwargs = dict(process_index=jax.process_index(), process_count=jax.process_count())
   results = {}
   models = {"student": (state.params, state.batch_stats)}
-  if teacher:
+  if config.train.eval_teacher:
     models["teacher"] = (state.teacher_params, state.teacher_batch_stats)
   for name, (params, stats) in models.items():
     flow = state.flow_params if (config.train.eval_flow and name == "teacher") else None
@@ -64,6 +65,32 @@ def _scalars(results: Dict[str, Any]) -> Dict[str, float]:
     else:   # per-class IoU
       scalars.update({f"{key}/{i}": float(v) for i, v in enumerate(np.asarray(value))})
   return scalars
+
+
+def _prepare_data(config: ml_collections.ConfigDict) -> None:
+  """Process 0 prepares the dataset files first and the others wait: hosts that share a
+  data directory must not write it at the same time."""
+  if jax.process_index() == 0:
+    pipeline.load_split_arrays(config, "labeled")
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("ddfp_jax: dataset prepared")
+
+
+def _average(history) -> Dict[str, float]:
+  """Mean of each metric over the steps that report it: a window that spans a phase
+  change mixes steps with and without, e.g., the flow's loss."""
+  values = {}
+  for metrics in jax.device_get(history):
+    for key, value in metrics.items():
+      values.setdefault(key, []).append(float(value))
+  values.pop("nonfinite", None)
+  return {key: float(np.mean(v)) for key, v in values.items()}
+
+
+def _miou_line(results: Dict[str, Any]) -> str:
+  parts = [f"{name} mIoU {100 * results[f'{name}/miou']:.2f}"
+           for name in ("teacher", "student") if f"{name}/miou" in results]
+  return ", ".join(parts)
 
 
 def _nonfinite_message(step: int, metrics: Dict[str, float], checkpointer: Checkpointer,
@@ -103,6 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   stop = total if config.train.steps_this_run <= 0 else min(
       total, start + config.train.steps_this_run)
 
+  _prepare_data(config)
   state = replicate(state)
   p_step = pmap_train_step(config)
   p_eval = _eval_fn(config)
@@ -124,8 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     report(step + 1)
     done = step + 1
     if done % config.train.log_every == 0 or done == stop:
-      averaged = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(history))
-      averaged.pop("nonfinite")
+      averaged = _average(history)
       writer.write_scalars(done, {f"train/{k}": v for k, v in averaged.items()})
       history = []
     if done % config.train.eval_every == 0 or done == total:
@@ -133,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         continue   # raised at the top of the next iteration (or below, on the last step)
       results = evaluate_state(config, state, p_eval)
       writer.write_scalars(done, _scalars(results))
-      best = max(results["student/miou"], results["teacher/miou"])
+      best = max(results.get("student/miou"), results.get("teacher/miou", -1.0))
       checkpointer.save_best(done, state, best)
     if done % config.train.checkpoint_every == 0 or done == stop:
       if not int(metrics["nonfinite"]):
@@ -145,8 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   checkpointer.wait()
   writer.flush()
   if results and is_chief:
-    print(f"Final (step {stop}): teacher mIoU {100 * results['teacher/miou']:.2f}, "
-          f"student mIoU {100 * results['student/miou']:.2f}", flush=True)
+    print(f"Final (step {stop}): {_miou_line(results)}", flush=True)
   checkpointer.close()
   return results
 
@@ -165,7 +191,5 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   checkpointer.close()
   results = evaluate_state(config, state)
   if jax.process_index() == 0:
-    print(f"Checkpoint step {int(state.step)}: teacher mIoU "
-          f"{100 * results['teacher/miou']:.2f}, student mIoU "
-          f"{100 * results['student/miou']:.2f}", flush=True)
+    print(f"Checkpoint step {int(state.step)}: {_miou_line(results)}", flush=True)
   return results

@@ -16,6 +16,8 @@ import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 
+import ddfp_jax  # noqa: E402,F401  (loads distrax before any test imports TensorFlow)
+
 # Threefry key derivation dominates XLA:CPU compile time of `model.init` (about 4x slower
 # than "rbg" here). No test depends on which generator produces the random bits.
 jax.config.update("jax_default_prng_impl", "rbg")

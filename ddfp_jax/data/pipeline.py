@@ -35,13 +35,11 @@ import tensorflow as tf
 
 from ddfp_jax.data import augment
 from ddfp_jax.data import demo
+# One error class for every data problem; re-exported for the trainer and main.py.
+from ddfp_jax.data.errors import DatasetError
 
 _IMPLEMENTED = ("demo",)
 _LABELED, _UNLABELED = 0, 1
-
-
-class DatasetError(Exception):
-  """A dataset that is unknown, unsupported or misconfigured."""
 
 
 def _check_config(config) -> None:

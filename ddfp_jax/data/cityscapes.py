@@ -1,0 +1,239 @@
+"""Cityscapes (fine annotations) as a TFDS builder reading the user's extracted files.
+
+Labels are stored as the 19 train ids of the official cityscapesScripts label table
+(`cityscapesscripts.helpers.labels`), with 255 for every ignored class. The table is read
+at import, never copied, so the mapping is exactly the benchmark's.
+
+Examples are named by their canonical id `<city>/<city>_<seq>_<frame>` (see
+`ddfp_jax.data.splits`) so that split lists can select them, and are written in sorted
+name order; the builder's metadata records that order per split (`example_names`).
+"""
+import os
+from typing import Dict, List, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from cityscapesscripts.helpers import labels as cs_labels
+from PIL import Image
+
+from ddfp_jax.data.errors import LayoutError, first_few
+
+NUM_CLASSES = 19
+IGNORE_LABEL = 255
+# builder split -> folder name under leftImg8bit/ and gtFine/
+SPLIT_DIRS = {"train": "train", "validation": "val"}
+IMAGE_SUFFIX = "_leftImg8bit.png"
+LABEL_SUFFIX = "_gtFine_labelIds.png"
+
+PREPARE_HELP = (
+    "To get it: log in at https://www.cityscapes-dataset.com/downloads/, download "
+    "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, extract both into one "
+    "directory DIR (`unzip -q leftImg8bit_trainvaltest.zip -d DIR && unzip -q "
+    "gtFine_trainvaltest.zip -d DIR`), then run `python -m ddfp_jax.data.prepare "
+    "--dataset cityscapes --manual_dir DIR --data_dir TFDS_DIR`.")
+EXPECTED_LAYOUT = (
+    "DIR/leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png with the "
+    "matching DIR/gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png, "
+    "e.g. leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png and "
+    "gtFine/train/aachen/aachen_000000_000019_gtFine_labelIds.png")
+
+
+def _train_id_lut() -> np.ndarray:
+  """Raw label id -> train id for ids 0..255; 255 for ignored and unknown ids."""
+  lut = np.full(256, IGNORE_LABEL, np.uint8)
+  for label in cs_labels.labels:
+    # id -1 (license plate) is never drawn into labelIds PNGs; ignored classes keep 255.
+    if 0 <= label.id < 256 and label.trainId not in (255, -1) and not label.ignoreInEval:
+      lut[label.id] = label.trainId
+  train_ids = sorted(set(lut[lut != IGNORE_LABEL].tolist()))
+  if train_ids != list(range(NUM_CLASSES)):
+    raise RuntimeError(f"cityscapesscripts' label table gives train ids {train_ids}, not "
+                       f"0..{NUM_CLASSES - 1}; install cityscapesscripts==2.3.0.")
+  return lut
+
+
+TRAIN_ID_LUT = _train_id_lut()
+# Raw ids a valid labelIds PNG can contain: every non-negative id of the table (0..33).
+KNOWN_LABEL_IDS = frozenset(label.id for label in cs_labels.labels if label.id >= 0)
+CLASS_NAMES = tuple(
+    label.name for label in sorted(cs_labels.labels, key=lambda l: l.trainId)
+    if 0 <= label.trainId < NUM_CLASSES and not label.ignoreInEval)
+
+
+def map_label_ids(label_ids):
+  """Maps raw Cityscapes label ids to train ids (0..18, 255 = ignore).
+
+  Ids the table marks as ignored (0..6 void, 9, 10, 14-16, 18, 29, 30) map to 255, and so
+  does any value outside the table: negative ids (the table's -1, license plate, which
+  labelIds PNGs never contain), 34..255, and anything beyond uint8. Such values cannot
+  occur in a valid gtFine `*_labelIds.png`; the builder rejects files that contain them
+  (`read_train_ids`) rather than turning a wrong file into ignore pixels.
+
+  Args:
+    label_ids: integer NumPy array (or anything `np.asarray` accepts) or `tf.Tensor`.
+
+  Returns:
+    uint8 train ids of the same shape, of the same kind (NumPy or TF) as the input.
+  """
+  if isinstance(label_ids, (tf.Tensor, tf.Variable)):
+    if not (label_ids.dtype.is_integer):
+      raise TypeError(f"label ids must be integers, got {label_ids.dtype.name}")
+    ids = tf.cast(label_ids, tf.int64)
+    inside = (ids >= 0) & (ids < 256)
+    mapped = tf.gather(tf.constant(TRAIN_ID_LUT), tf.clip_by_value(ids, 0, 255))
+    return tf.where(inside, mapped, tf.constant(IGNORE_LABEL, tf.uint8))
+  ids = np.asarray(label_ids)
+  if ids.dtype == np.uint8:
+    return TRAIN_ID_LUT[ids]
+  if not np.issubdtype(ids.dtype, np.integer):
+    raise TypeError(f"label ids must be integers, got {ids.dtype}")
+  inside = (ids >= 0) & (ids < 256)
+  return np.where(inside, TRAIN_ID_LUT[np.clip(ids, 0, 255)], IGNORE_LABEL).astype(np.uint8)
+
+
+def read_train_ids(label_path: str) -> np.ndarray:
+  """The train-id map (H, W) uint8 of a `*_gtFine_labelIds.png`.
+
+  Raises:
+    LayoutError: if the file is not an 8-bit single-channel image of raw label ids, or
+      holds values that are no label id (e.g. a colour or instance PNG put in its place).
+  """
+  with Image.open(label_path) as image:
+    mode = image.mode
+    ids = np.asarray(image)
+  if ids.ndim != 2 or ids.dtype != np.uint8:
+    raise LayoutError(f"{label_path} is not a Cityscapes labelIds image: expected an 8-bit "
+                      f"single-channel PNG of raw label ids, got mode {mode!r} with shape "
+                      f"{ids.shape}. Use the *_gtFine_labelIds.png files of "
+                      "gtFine_trainvaltest.zip unchanged.")
+  present = np.flatnonzero(np.bincount(ids.ravel(), minlength=256))
+  unknown = [int(v) for v in present if int(v) not in KNOWN_LABEL_IDS]
+  if unknown:
+    raise LayoutError(f"{label_path} contains values {first_few(unknown, 8)}, which are no "
+                      "Cityscapes label id (0..33). Use the *_gtFine_labelIds.png files "
+                      "of gtFine_trainvaltest.zip unchanged.")
+  return TRAIN_ID_LUT[ids]
+
+
+class ExampleFiles(NamedTuple):
+  name: str          # canonical id, <city>/<city>_<seq>_<frame>
+  image: str         # path of the leftImg8bit PNG
+  label: str         # path of the gtFine labelIds PNG
+
+
+def _layout_error(root: str, problem: str) -> LayoutError:
+  return LayoutError(f"Cityscapes was not found in {root}: {problem}. Expected "
+                     f"{EXPECTED_LAYOUT}, with DIR = {root}. {PREPARE_HELP}")
+
+
+def _listing(root: str) -> str:
+  try:
+    entries = sorted(os.listdir(root))
+  except OSError:
+    return "it cannot be listed"
+  return f"it holds {first_few(entries)}" if entries else "it is empty"
+
+
+def find_examples(root: str) -> Dict[str, List[ExampleFiles]]:
+  """The image/label files of each builder split under `root`, sorted by name.
+
+  Raises:
+    LayoutError: (one paragraph) if a folder is missing, a split has no images, or an
+      image has no label file.
+  """
+  root = os.fspath(root)
+  if not os.path.isdir(root):
+    raise _layout_error(root, "the directory does not exist")
+  needed = [os.path.join(top, d) for top in ("leftImg8bit", "gtFine")
+            for d in SPLIT_DIRS.values()]
+  missing = [d for d in needed if not os.path.isdir(os.path.join(root, d))]
+  if missing:
+    raise _layout_error(root, f"{', '.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} missing "
+                              f"({_listing(root)})")
+  examples, lacking = {}, []
+  for split, folder in SPLIT_DIRS.items():
+    image_dir = os.path.join(root, "leftImg8bit", folder)
+    found = []
+    for city in sorted(os.listdir(image_dir)):
+      city_dir = os.path.join(image_dir, city)
+      if not os.path.isdir(city_dir):
+        continue
+      for file_name in sorted(os.listdir(city_dir)):
+        if not file_name.endswith(IMAGE_SUFFIX):
+          continue
+        stem = file_name[:-len(IMAGE_SUFFIX)]
+        label_rel = os.path.join("gtFine", folder, city, stem + LABEL_SUFFIX)
+        label = os.path.join(root, label_rel)
+        if not os.path.isfile(label):
+          lacking.append(label_rel)
+          continue
+        found.append(ExampleFiles(f"{city}/{stem}", os.path.join(city_dir, file_name), label))
+    if not found and not lacking:
+      raise _layout_error(root, f"leftImg8bit/{folder} holds no <city>/*{IMAGE_SUFFIX} "
+                                "images")
+    examples[split] = sorted(found)
+  if lacking:
+    raise _layout_error(root, f"{len(lacking)} images have no label file; missing: "
+                              f"{first_few(lacking)}")
+  return examples
+
+
+def check_layout(root: str) -> Dict[str, int]:
+  """Checks the extracted files under `root`; returns the number of examples per split.
+
+  Raises:
+    LayoutError: with a one-paragraph message naming `root`, the expected layout, what is
+      missing and how to prepare the data.
+  """
+  return {split: len(files) for split, files in find_examples(root).items()}
+
+
+class DdfpCityscapes(tfds.core.GeneratorBasedBuilder):
+  """Cityscapes fine annotations: 2975 train and 500 validation images, 19 classes."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Log in at https://www.cityscapes-dataset.com/downloads/ and download "
+      "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip. Extract both into one "
+      "directory, the manual_dir, so that it holds leftImg8bit/{train,val}/<city>/ and "
+      "gtFine/{train,val}/<city>/.")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            # The original PNG bytes are stored as they are: no re-encoding.
+            "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8,
+                                         encoding_format="png"),
+            # Train ids (0..18, 255 ignore); PNG keeps 2 MP label maps a few KB each.
+            "label": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8,
+                                         encoding_format="png"),
+            "name": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+        homepage="https://www.cityscapes-dataset.com",
+        # Sorted-name order, recorded in the metadata: index i of a split is names[i].
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    examples = find_examples(os.fspath(dl_manager.manual_dir))
+    self.info.metadata["names"] = {split: [e.name for e in files]
+                                   for split, files in examples.items()}
+    return {split: self._generate_examples(files) for split, files in examples.items()}
+
+  def _generate_examples(self, files: List[ExampleFiles]):
+    for example in files:
+      label = read_train_ids(example.label)
+      with Image.open(example.image) as image:
+        size = image.size
+      if size != (label.shape[1], label.shape[0]):
+        raise LayoutError(f"{example.image} is {size[0]}x{size[1]} but its label "
+                          f"{example.label} is {label.shape[1]}x{label.shape[0]}.")
+      yield example.name, {"image": example.image, "label": label[..., None],
+                           "name": example.name}

@@ -1,0 +1,27 @@
+"""Errors of the input data: each carries a complete, one-paragraph message for the user.
+
+They live in a module of their own (not next to the pipeline) so that the dataset
+builders, the split lists and the pipeline can all raise them without importing each
+other.
+"""
+
+
+class DatasetError(Exception):
+  """A dataset that is unknown, unsupported, misconfigured or not prepared."""
+
+
+class SplitError(DatasetError, ValueError):
+  """A labeled/unlabeled split list that cannot be read or does not fit the dataset."""
+
+
+class LayoutError(DatasetError):
+  """Extracted dataset files that are missing, misplaced or not what the builder expects."""
+
+
+def first_few(names, limit: int = 5) -> str:
+  """`names` as "a, b, c, ... (N in all)", for messages about many files."""
+  names = list(names)
+  shown = ", ".join(str(n) for n in names[:limit])
+  if len(names) > limit:
+    shown += f", ... ({len(names)} in all)"
+  return shown

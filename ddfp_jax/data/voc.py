@@ -1,0 +1,264 @@
+"""Pascal VOC 2012 segmentation as a TFDS builder reading the user's extracted files.
+
+Two builder configs of `ddfp_voc`:
+
+- `classic`: train = the 1464 ids of `ImageSets/Segmentation/train.txt` with their
+  `SegmentationClass` labels.
+- `blended`: train = every id with an SBD-derived `SegmentationClassAug` label that is not
+  a validation id (10582 images in the standard "aug" set of CPS/UniMatch).
+
+Both have validation = the 1449 ids of `ImageSets/Segmentation/val.txt` with their
+`SegmentationClass` labels. The standard classic split lists take their unlabeled images
+from the 10582-image set too, so the classic setting reads unlabeled images from the
+`blended` train split (its labels unused).
+
+Files, under the manual dir DIR:
+
+    DIR/VOCdevkit/VOC2012/JPEGImages/<id>.jpg
+    DIR/VOCdevkit/VOC2012/SegmentationClass/<id>.png
+    DIR/VOCdevkit/VOC2012/ImageSets/Segmentation/{train,val}.txt
+    DIR/VOCdevkit/VOC2012/SegmentationClassAug/<id>.png   (blended; or DIR/SegmentationClassAug)
+
+Labels are class indices 0..20 with 255 on object boundaries ("ignore"). VOC's
+`SegmentationClass` PNGs are palette images: the stored palette *index* is the class, and
+the colours are only for display, so they are read as indices (PIL mode "P"), never via
+RGB. `SegmentationClassAug` PNGs are 8-bit grayscale indices (mode "L").
+
+Examples are named by their image id and written in sorted id order; the builder's
+metadata records that order per split.
+"""
+import os
+from typing import Dict, List, NamedTuple, Optional
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from ddfp_jax.data import splits
+from ddfp_jax.data.errors import LayoutError, first_few
+
+NUM_CLASSES = 21
+IGNORE_LABEL = 255
+CLASS_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+    "sheep", "sofa", "train", "tvmonitor")
+CONFIGS = ("classic", "blended")
+VOC_SUBDIR = os.path.join("VOCdevkit", "VOC2012")
+AUG_DIRNAME = "SegmentationClassAug"
+
+PREPARE_HELP = (
+    "To get it: download VOCtrainval_11-May-2012.tar from "
+    "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ and extract it into a directory DIR "
+    "(`tar -xf VOCtrainval_11-May-2012.tar -C DIR`, which creates DIR/VOCdevkit/VOC2012); "
+    "for the blended set also put the SBD-derived SegmentationClassAug label folder (the "
+    "10582 train_aug + 1449 val PNGs used by CPS/UniMatch) in DIR/VOCdevkit/VOC2012/ or in "
+    "DIR/; then run `python -m ddfp_jax.data.prepare --dataset pascal (or pascal_blended) "
+    "--manual_dir DIR --data_dir TFDS_DIR`.")
+
+
+def color_palette(num: int = 256) -> np.ndarray:
+  """VOC's colour map, (num, 3) uint8: bits of the index spread over R, G, B, high first."""
+  palette = np.zeros((num, 3), np.uint8)
+  for index in range(num):
+    c, rgb = index, [0, 0, 0]
+    for bit in range(8):
+      for channel in range(3):
+        rgb[channel] |= ((c >> channel) & 1) << (7 - bit)
+      c >>= 3
+    palette[index] = rgb
+  return palette
+
+
+def read_class_indices(label_path: str) -> np.ndarray:
+  """The class-index map (H, W) uint8 of a VOC or SBD-aug label PNG.
+
+  Values other than 0..20 and 255 raise an error instead of being mapped to ignore: they
+  only come from a wrong file (colour-rendered, resized with interpolation, another
+  dataset), and ignoring them would silently drop supervision from every affected pixel.
+
+  Raises:
+    LayoutError: naming the file, if it is not a palette/grayscale index image or holds
+      values outside 0..20 and 255.
+  """
+  with Image.open(label_path) as image:
+    mode = image.mode
+    if mode not in ("P", "L"):
+      raise LayoutError(f"{label_path} is a {mode!r} image; VOC labels must be palette "
+                        "('P') or 8-bit grayscale ('L') PNGs of class indices. Use the "
+                        "original SegmentationClass / SegmentationClassAug files.")
+    # For mode "P" this is the palette index of every pixel, i.e. the class.
+    indices = np.asarray(image)
+  present = np.flatnonzero(np.bincount(indices.ravel(), minlength=256))
+  bad = [int(v) for v in present if v >= NUM_CLASSES and v != IGNORE_LABEL]
+  if bad:
+    raise LayoutError(f"{label_path} contains values {first_few(bad, 8)} that are no VOC "
+                      f"class index (0..{NUM_CLASSES - 1}, or {IGNORE_LABEL} for "
+                      "boundaries). Use the original SegmentationClass / "
+                      "SegmentationClassAug files.")
+  return indices
+
+
+class ExampleFiles(NamedTuple):
+  name: str          # image id
+  image: str         # path of the JPEG
+  label: str         # path of the label PNG
+
+
+def _layout_error(root: str, problem: str) -> LayoutError:
+  return LayoutError(
+      f"Pascal VOC 2012 was not found in {root}: {problem}. Expected "
+      f"{os.path.join(root, VOC_SUBDIR)}/ holding JPEGImages/<id>.jpg, "
+      "SegmentationClass/<id>.png and ImageSets/Segmentation/{train,val}.txt (e.g. "
+      "JPEGImages/2007_000032.jpg), and for the blended set SegmentationClassAug/<id>.png "
+      f"in it or in {root}. {PREPARE_HELP}")
+
+
+def _listing(path: str) -> str:
+  try:
+    entries = sorted(os.listdir(path))
+  except OSError:
+    return f"{path} cannot be listed"
+  return f"{path} holds {first_few(entries)}" if entries else f"{path} is empty"
+
+
+def find_aug_dir(root: str) -> Optional[str]:
+  """The SegmentationClassAug folder: in VOCdevkit/VOC2012/ or in `root`; None if absent.
+
+  Raises:
+    LayoutError: if both places hold one (which of them is meant would be a guess).
+  """
+  candidates = [os.path.join(root, VOC_SUBDIR, AUG_DIRNAME), os.path.join(root, AUG_DIRNAME)]
+  found = [c for c in candidates if os.path.isdir(c)]
+  if len(found) == 2 and not os.path.samefile(*found):
+    raise _layout_error(root, f"there are two {AUG_DIRNAME} folders, {found[0]} and "
+                              f"{found[1]}; keep one")
+  return found[0] if found else None
+
+
+def _pngs(directory: str) -> List[str]:
+  return sorted(f[:-4] for f in os.listdir(directory) if f.endswith(".png"))
+
+
+def find_examples(root: str, config: str) -> Dict[str, List[ExampleFiles]]:
+  """The image/label files of each builder split of `config` under `root`, by id.
+
+  Raises:
+    LayoutError: (one paragraph) naming what is missing.
+  """
+  if config not in CONFIGS:
+    raise ValueError(f"Unknown VOC builder config {config!r}; expected one of {CONFIGS}.")
+  root = os.fspath(root)
+  if not os.path.isdir(root):
+    raise _layout_error(root, "the directory does not exist")
+  voc = os.path.join(root, VOC_SUBDIR)
+  if not os.path.isdir(voc):
+    where = voc if os.path.isdir(os.path.dirname(voc)) else root
+    raise _layout_error(root, f"{VOC_SUBDIR} is missing ({_listing(where)})")
+  sets = os.path.join("ImageSets", "Segmentation")
+  needed = ["JPEGImages", "SegmentationClass", os.path.join(sets, "train.txt"),
+            os.path.join(sets, "val.txt")]
+  missing = [n for n in needed if not os.path.exists(os.path.join(voc, n))]
+  # The classic set never reads the aug labels, so their placement does not concern it.
+  aug_dir = find_aug_dir(root) if config == "blended" else None
+  if config == "blended" and aug_dir is None:
+    missing.append(f"{AUG_DIRNAME} (in {VOC_SUBDIR} or in {root})")
+  if missing:
+    raise _layout_error(root, f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                              f"missing in {voc}")
+
+  val_ids = splits.read_split_list(os.path.join(voc, sets, "val.txt"), "pascal")
+  if config == "classic":
+    train_ids = splits.read_split_list(os.path.join(voc, sets, "train.txt"), "pascal")
+    train_labels = os.path.join(voc, "SegmentationClass")
+  else:
+    val_set = set(val_ids)
+    train_ids = [i for i in _pngs(aug_dir) if i not in val_set]
+    train_labels = aug_dir
+    if not train_ids:
+      raise _layout_error(root, f"{aug_dir} holds no label PNGs outside val.txt")
+
+  lacking = []
+
+  def files(ids, label_dir):
+    out = []
+    for example_id in sorted(ids):
+      image = os.path.join(voc, "JPEGImages", example_id + ".jpg")
+      label = os.path.join(label_dir, example_id + ".png")
+      absent = [p for p in (image, label) if not os.path.isfile(p)]
+      lacking.extend(os.path.relpath(p, root) for p in absent)
+      if not absent:
+        out.append(ExampleFiles(example_id, image, label))
+    return out
+
+  examples = {"train": files(train_ids, train_labels),
+              "validation": files(val_ids, os.path.join(voc, "SegmentationClass"))}
+  if lacking:
+    raise _layout_error(root, f"{len(lacking)} files named by the image lists are missing: "
+                              f"{first_few(lacking)}")
+  return examples
+
+
+def check_layout(root: str, config: str) -> Dict[str, int]:
+  """Checks the extracted files for `config`; returns the number of examples per split.
+
+  Raises:
+    LayoutError: with a one-paragraph message naming `root`, the expected layout, what is
+      missing and how to prepare the data.
+  """
+  return {split: len(files) for split, files in find_examples(root, config).items()}
+
+
+class DdfpVoc(tfds.core.GeneratorBasedBuilder):
+  """Pascal VOC 2012 segmentation, classic (1464) or blended with SBD (10582); 21 classes."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name="classic", description="train: the 1464 train.txt "
+                              "images with SegmentationClass labels."),
+      tfds.core.BuilderConfig(name="blended", description="train: the 10582 images with "
+                              "SBD-derived SegmentationClassAug labels, val.txt excluded."),
+  ]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Download VOCtrainval_11-May-2012.tar from "
+      "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ and extract it into the manual_dir, "
+      "which then holds VOCdevkit/VOC2012/. For the blended config also put the "
+      "SBD-derived SegmentationClassAug folder (label PNGs of the 10582-image set and of "
+      "val) in manual_dir/VOCdevkit/VOC2012/ or in manual_dir/.")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__,
+        features=tfds.features.FeaturesDict({
+            # The original JPEG bytes are stored as they are: no re-encoding.
+            "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8,
+                                         encoding_format="jpeg"),
+            "label": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8,
+                                         encoding_format="png"),
+            "name": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+        homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
+        # Sorted-id order, recorded in the metadata: index i of a split is names[i].
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    examples = find_examples(os.fspath(dl_manager.manual_dir), self.builder_config.name)
+    self.info.metadata["names"] = {split: [e.name for e in files]
+                                   for split, files in examples.items()}
+    return {split: self._generate_examples(files) for split, files in examples.items()}
+
+  def _generate_examples(self, files: List[ExampleFiles]):
+    for example in files:
+      label = read_class_indices(example.label)
+      with Image.open(example.image) as image:
+        size = image.size
+      if size != (label.shape[1], label.shape[0]):
+        raise LayoutError(f"{example.image} is {size[0]}x{size[1]} but its label "
+                          f"{example.label} is {label.shape[1]}x{label.shape[0]}.")
+      yield example.name, {"image": example.image, "label": label[..., None],
+                           "name": example.name}
