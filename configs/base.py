@@ -12,6 +12,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.total_steps = 40_000
   config.steps_per_epoch = 500        # one pass of the unlabeled stream (set per dataset)
+  # Where paper and release differ the defaults follow the paper (true EMA teacher in
+  # inference mode, perturbation of v); ddfp.teacher, ddfp.teacher_train_mode and
+  # ddfp.site select the release's behaviour.
   config.preset = "paper"             # informational: "paper" or "release" switches below
 
   config.data = data = ml_collections.ConfigDict()
@@ -72,7 +75,8 @@ def get_config() -> ml_collections.ConfigDict:
   ddfp.lambda_image = 0.5             # weight of the strong-view consistency loss
   ddfp.lambda_feature = 0.5           # lambda_ft: weight of the perturbed-feature loss
   ddfp.perturbation = "density_descending"  # see ddfp_jax/perturbations.py KINDS
-  ddfp.site = "classifier_input"      # "classifier_input" (release) | "feature" (paper)
+  ddfp.site = "feature"               # "feature" (paper: perturb v) | "classifier_input"
+                                      # (release: perturb u, density after the block)
   ddfp.eps = 4.0
   ddfp.uniform_range = 0.3
   ddfp.channel_dropout_rate = 0.5

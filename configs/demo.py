@@ -31,6 +31,8 @@ def get_config():
   config.flow.hidden = 64
   config.flow.num_samples = 4096
   config.ddfp.threshold = 0.9
+  # The README's demo table was made with the release's perturbation site.
+  config.ddfp.site = "classifier_input"
   config.optim.learning_rate = 0.05
   config.optim.reference_batch = 8
   config.optim.decoder_lr_mult = 1.0

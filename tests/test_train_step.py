@@ -129,3 +129,27 @@ def test_one_and_two_devices_give_the_same_losses_and_updates():
   for name in ("params", "batch_stats", "teacher_params", "flow_params"):
     diff = _max_abs_diff(getattr(s1, name), getattr(s2, name))
     assert diff < 1e-5, (name, diff)
+
+
+def test_paper_site_perturbs_the_features_directly():
+  """ddfp.site="feature": delta is added to v (no auxiliary-BN pass of the classifier
+  block), the step trains, and its feature loss differs from the release site's."""
+  losses = {}
+  for site in ("feature", "classifier_input"):
+    config = tiny_config(**{"ddfp.site": site, "model.dropout_rate": 0.0})
+    state = replicate(create_train_state(config, jax.random.key(0)))
+    p_step = pmap_train_step(config, max_traces=1)
+    batch = synthetic_batch(config, jax.local_device_count())
+    new, metrics = p_step(state, batch, DDFP)
+    assert int(metrics["nonfinite"]) == 0
+    assert _max_abs_diff(new.params, state.params) > 0
+    losses[site] = float(metrics["loss_feature"])
+    if site == "feature":
+      # The auxiliary BN is never used on this site, so its statistics do not move.
+      aux = [np.asarray(x) for x in jax.tree.leaves(
+          {k: v["aux"] for k, v in new.batch_stats.items() if k.startswith("classifier_bn")})]
+      old = [np.asarray(x) for x in jax.tree.leaves(
+          {k: v["aux"] for k, v in state.batch_stats.items() if k.startswith("classifier_bn")})]
+      for a, b in zip(aux, old):
+        np.testing.assert_array_equal(a, b)
+  assert losses["feature"] != pytest.approx(losses["classifier_input"], rel=1e-3)
