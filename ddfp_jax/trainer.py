@@ -52,7 +52,7 @@ def evaluate_state(config: ml_collections.ConfigDict, state: TrainState,
     out = evaluate(p_eval, {"params": params, "batch_stats": stats},
                    pipeline.eval_batches(config, **kwargs), density_params=flow)
     for key, value in out.items():
-      if key != "confusion":
+      if not key.endswith("confusion"):   # the matrices stay out of the scalar logs
         results[f"{name}/{key}"] = value
   return results
 

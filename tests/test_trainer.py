@@ -60,6 +60,14 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
   assert results_resumed["student/miou"] == results["student/miou"]
 
 
+def test_flow_classification_is_evaluated_when_asked(tmp_path):
+  config = demo_config(tmp_path / "tfds", **{"train.eval_flow": True, "total_steps": 3})
+  results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert 0.0 <= results["teacher/flow_miou"] <= 1.0
+  assert results["teacher/flow_per_class_iou"].shape == (11,)
+  assert "student/flow_miou" not in results   # FlowGMM scores the teacher's features
+
+
 def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
   config = demo_config(tmp_path / "tfds", **{
       "optim.learning_rate": 1e12, "train.checkpoint_every": 1, "total_steps": 6,
