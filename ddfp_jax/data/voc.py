@@ -36,6 +36,8 @@ from PIL import Image
 
 from ddfp_jax.data import splits
 from ddfp_jax.data.errors import LayoutError, first_few
+from ddfp_jax.data.segmentation_info import (generate_examples, record_names,
+                                             segmentation_info)
 
 NUM_CLASSES = 21
 IGNORE_LABEL = 255
@@ -228,37 +230,13 @@ class DdfpVoc(tfds.core.GeneratorBasedBuilder):
       "val) in manual_dir/VOCdevkit/VOC2012/ or in manual_dir/.")
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            # The original JPEG bytes are stored as they are: no re-encoding.
-            "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8,
-                                         encoding_format="jpeg"),
-            "label": tfds.features.Image(shape=(None, None, 1), dtype=np.uint8,
-                                         encoding_format="png"),
-            "name": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
-        # Sorted-id order, recorded in the metadata: index i of a split is names[i].
-        disable_shuffling=True,
-        metadata=tfds.core.MetadataDict(),
-    )
+    return segmentation_info(self, "jpeg", "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
+                             __doc__)
 
   def _split_generators(self, dl_manager):
     examples = find_examples(os.fspath(dl_manager.manual_dir), self.builder_config.name)
-    self.info.metadata["names"] = {split: [e.name for e in files]
-                                   for split, files in examples.items()}
+    record_names(self.info, examples)
     return {split: self._generate_examples(files) for split, files in examples.items()}
 
   def _generate_examples(self, files: List[ExampleFiles]):
-    for example in files:
-      label = read_class_indices(example.label)
-      with Image.open(example.image) as image:
-        size = image.size
-      if size != (label.shape[1], label.shape[0]):
-        raise LayoutError(f"{example.image} is {size[0]}x{size[1]} but its label "
-                          f"{example.label} is {label.shape[1]}x{label.shape[0]}.")
-      yield example.name, {"image": example.image, "label": label[..., None],
-                           "name": example.name}
+    return generate_examples(files, read_class_indices)
