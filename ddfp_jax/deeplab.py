@@ -107,9 +107,9 @@ class DeepLabV3Plus(nn.Module):
     `perturbed` selects the auxiliary BatchNorm parameters and statistics.
     """
     v = u.astype(self.dtype)
-    for conv, bn in ((self.classifier_conv1, self.classifier_bn1),
-                     (self.classifier_conv2, self.classifier_bn2)):
-      v = nn.relu(bn(conv(v), train, perturbed))
+    for conv_layer, bn_layer in ((self.classifier_conv1, self.classifier_bn1),
+                                 (self.classifier_conv2, self.classifier_bn2)):
+      v = nn.relu(bn_layer(conv_layer(v), train, perturbed))
       v = self.dropout(v, deterministic=not train)
     return v
 
