@@ -15,7 +15,7 @@ import optax
 
 
 def scaled_learning_rate(config: ml_collections.ConfigDict, global_labeled_batch: int) -> float:
-  """Base LR for this run's global batch (see README, "Scaling")."""
+  """Base LR for this run's global batch (`optim.lr_scaling` in configs/base.py)."""
   rule = config.optim.lr_scaling
   if rule == "linear":
     return config.optim.learning_rate * global_labeled_batch / config.optim.reference_batch
@@ -31,27 +31,26 @@ def poly_schedule(base_lr: float, total_steps: int, power: float) -> optax.Sched
   return schedule
 
 
+def student_schedule(config: ml_collections.ConfigDict, global_labeled_batch: int,
+                     lr_mult: float = 1.0) -> optax.Schedule:
+  """The student's poly LR; `lr_mult` is the decoder's multiplier."""
+  base_lr = scaled_learning_rate(config, global_labeled_batch) * lr_mult
+  return poly_schedule(base_lr, config.total_steps, config.optim.poly_power)
+
+
 def student_optimizer(config: ml_collections.ConfigDict,
                       global_labeled_batch: int) -> optax.GradientTransformation:
-  base_lr = scaled_learning_rate(config, global_labeled_batch)
-
   def sgd(lr_mult):
-    schedule = poly_schedule(base_lr * lr_mult, config.total_steps, config.optim.poly_power)
     return optax.chain(
         optax.add_decayed_weights(config.optim.weight_decay),
-        optax.sgd(schedule, momentum=config.optim.momentum),
+        optax.sgd(student_schedule(config, global_labeled_batch, lr_mult),
+                  momentum=config.optim.momentum),
     )
 
   return optax.multi_transform(
       {"backbone": sgd(1.0), "decoder": sgd(config.optim.decoder_lr_mult)},
       lambda params: flax.traverse_util.path_aware_map(
           lambda path, _: "backbone" if path[0] == "backbone" else "decoder", params))
-
-
-def student_learning_rate(config: ml_collections.ConfigDict, global_labeled_batch: int, step):
-  """Backbone LR at `step` (for logging)."""
-  base_lr = scaled_learning_rate(config, global_labeled_batch)
-  return poly_schedule(base_lr, config.total_steps, config.optim.poly_power)(step)
 
 
 def flow_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:

@@ -88,6 +88,7 @@ def make_train_step(config: ml_collections.ConfigDict):
   tx = optim.student_optimizer(config, global_labeled_batch(config))
   flow_tx = optim.flow_optimizer(config)
   flow_lr = optim.flow_schedule(config)
+  student_lr = optim.student_schedule(config, global_labeled_batch(config))  # backbone
   ignore = config.data.ignore_label
   ddfp = config.ddfp
   flow_cfg = config.flow
@@ -259,8 +260,7 @@ def make_train_step(config: ml_collections.ConfigDict):
       if name in metrics:
         finite = finite & jnp.isfinite(metrics[name])
     metrics.update(loss=loss, grad_norm=grad_norm, ema_decay=decay,
-                   learning_rate=optim.student_learning_rate(
-                       config, global_labeled_batch(config), state.step),
+                   learning_rate=student_lr(state.step),
                    nonfinite=1 - finite.astype(jnp.int32))
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats,

@@ -141,34 +141,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   history = []
   pending = None   # the previous step's metrics, read one step late to keep the device busy
   results = {}
+  def stop_if_nonfinite(done, metrics):
+    if int(metrics["nonfinite"]):
+      checkpointer.wait()
+      bad = {k: float(v) for k, v in metrics.items()}
+      raise NonFiniteError(_nonfinite_message(done, bad, checkpointer, ckpt_dir))
+
   for step in range(start, stop):
     state, metrics = p_step(state, next(batches), phase_at(config, step))
-    if pending is not None and int(pending[1]["nonfinite"]):
-      bad = {k: float(v) for k, v in pending[1].items()}
-      checkpointer.wait()
-      raise NonFiniteError(_nonfinite_message(pending[0], bad, checkpointer, ckpt_dir))
-    pending = (step + 1, metrics)
-    history.append(metrics)
-    report(step + 1)
+    if pending is not None:
+      stop_if_nonfinite(*pending)
     done = step + 1
+    pending = (done, metrics)
+    history.append(metrics)
+    report(done)
     if done % config.train.log_every == 0 or done == stop:
       averaged = _average(history)
       writer.write_scalars(done, {f"train/{k}": v for k, v in averaged.items()})
       history = []
-    if done % config.train.eval_every == 0 or done == total:
-      if int(metrics["nonfinite"]):
-        continue   # raised at the top of the next iteration (or below, on the last step)
+    at_eval = done % config.train.eval_every == 0 or done == total
+    at_checkpoint = done % config.train.checkpoint_every == 0 or done == stop
+    if at_eval or at_checkpoint:
+      # Never evaluate or save a state after a non-finite step. The last step is always
+      # a checkpoint boundary, so every step is checked by the end of the loop.
+      stop_if_nonfinite(done, metrics)
+      pending = None
+    if at_eval:
       results = evaluate_state(config, state, p_eval)
       writer.write_scalars(done, _scalars(results))
       best = max(results.get("student/miou"), results.get("teacher/miou", -1.0))
       checkpointer.save_best(done, state, best)
-    if done % config.train.checkpoint_every == 0 or done == stop:
-      if not int(metrics["nonfinite"]):
-        checkpointer.save(done, state)
-  if pending is not None and int(pending[1]["nonfinite"]):
-    bad = {k: float(v) for k, v in pending[1].items()}
-    checkpointer.wait()
-    raise NonFiniteError(_nonfinite_message(pending[0], bad, checkpointer, ckpt_dir))
+    if at_checkpoint:
+      checkpointer.save(done, state)
   checkpointer.wait()
   writer.flush()
   if results and is_chief:
