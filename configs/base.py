@@ -12,6 +12,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.total_steps = 40_000
   config.steps_per_epoch = 500        # one pass of the unlabeled stream (set per dataset)
+  # >0: train this many epochs; steps_per_epoch and total_steps are then derived when the
+  # run starts, steps_per_epoch = (unlabeled examples) // (global unlabeled batch), as the
+  # release's drop_last loader, so an epoch stays one pass whatever the number of devices.
+  config.epochs = 0
   # Where paper and release differ the defaults follow the paper (true EMA teacher in
   # inference mode, perturbation of v); ddfp.teacher, ddfp.teacher_train_mode and
   # ddfp.site select the release's behaviour.
@@ -20,6 +24,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = data = ml_collections.ConfigDict()
   data.name = "demo"                  # "demo" | "cityscapes" | "pascal" | "pascal_blended"
   data.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir
+  # Real datasets: the extracted download; if set and the TFDS files are not in data_dir
+  # yet, process 0 prepares them there first (python -m ddfp_jax.data.prepare does the same).
+  data.manual_dir = ml_collections.FieldReference(None, field_type=str)
+  # Directory with labeled.txt / unlabeled.txt in the standard format (e.g.
+  # splits/cityscapes/744); if None, a split of num_labeled examples is drawn with
+  # split_seed from the training set (unlabeled = the rest).
+  data.split_dir = ml_collections.FieldReference(None, field_type=str)
+  data.num_labeled = 0
+  data.split_seed = 0
   data.num_classes = 11
   data.ignore_label = 255
   data.crop_size = 64
@@ -27,6 +40,15 @@ def get_config() -> ml_collections.ConfigDict:
   data.labeled_per_device = 4
   data.unlabeled_per_device = 4
   data.eval_per_device = 8
+  # Validation protocol: "whole" (full images as they are), "center_crop" (VOC: centre
+  # crop of eval_crop, image and label padded bottom/right first, label with 255), or
+  # "sliding_window" (Cityscapes: full images, windows of eval_window with stride
+  # int(eval_stride_ratio * eval_window), softmax scores summed over windows).
+  data.eval_protocol = "whole"
+  data.eval_crop = 513
+  data.eval_window = 769              # paper; the release uses 801
+  data.eval_stride_ratio = 2 / 3
+  data.eval_window_batch = 0          # windows per forward pass (0: all of a batch at once)
   data.mean = (123.675, 116.28, 103.53)
   data.std = (58.395, 57.12, 57.375)
   # Strong augmentation of the unlabeled stream (on top of the weak one).
