@@ -55,6 +55,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "The config cannot be used: " + "; ".join(problems) + ". Every valid key and its "
         "meaning is in configs/base.py; override values on the command line with "
         "--config.KEY=VALUE.")
-  if config.total_steps <= 0 or config.steps_per_epoch <= 0:
+  if config.epochs < 0:
+    raise ConfigError(f"epochs ({config.epochs}) must be 0 (use total_steps and "
+                      "steps_per_epoch as given) or positive (derive them from the data).")
+  if config.epochs == 0 and (config.total_steps <= 0 or config.steps_per_epoch <= 0):
     raise ConfigError(f"total_steps ({config.total_steps}) and steps_per_epoch "
-                      f"({config.steps_per_epoch}) must be positive.")
+                      f"({config.steps_per_epoch}) must be positive, or set epochs > 0 to "
+                      "derive both from the number of unlabeled images and the batch.")

@@ -71,9 +71,40 @@ def _prepare_data(config: ml_collections.ConfigDict) -> None:
   """Process 0 prepares the dataset files first and the others wait: hosts that share a
   data directory must not write it at the same time."""
   if jax.process_index() == 0:
-    pipeline.load_split_arrays(config, "labeled")
+    pipeline.prepare(config)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices("ddfp_jax: dataset prepared")
+
+
+def resolve_schedule(config: ml_collections.ConfigDict, num_unlabeled: int,
+                     num_devices: int) -> ml_collections.ConfigDict:
+  """The config with steps_per_epoch and total_steps derived from `config.epochs`.
+
+  With epochs > 0, an epoch is one pass over the unlabeled images at the global batch
+  (unlabeled_per_device x all devices), the last incomplete batch dropped as the
+  release's loader does: steps_per_epoch = num_unlabeled // global batch. With epochs == 0
+  the config is returned as it is.
+  """
+  if config.epochs <= 0:
+    return config
+  global_batch = config.data.unlabeled_per_device * num_devices
+  steps_per_epoch = max(1, num_unlabeled // global_batch)
+  resolved = config.copy_and_resolve_references()
+  resolved.steps_per_epoch = steps_per_epoch
+  resolved.total_steps = steps_per_epoch * config.epochs
+  logging.info("%d epochs of %d unlabeled images at a global batch of %d: %d steps per "
+               "epoch, %d steps.", config.epochs, num_unlabeled, global_batch,
+               steps_per_epoch, resolved.total_steps)
+  return resolved
+
+
+def _ready_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks the config, prepares the data, and resolves the epoch-based schedule."""
+  check_config(config)
+  _prepare_data(config)
+  if config.epochs <= 0:
+    return config
+  return resolve_schedule(config, pipeline.num_train_examples(config)[1], jax.device_count())
 
 
 def _average(history) -> Dict[str, float]:
@@ -111,7 +142,7 @@ def _nonfinite_message(step: int, metrics: Dict[str, float], checkpointer: Check
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final
   evaluation metrics."""
-  check_config(config)
+  config = _ready_config(config)
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
@@ -130,7 +161,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   stop = total if config.train.steps_this_run <= 0 else min(
       total, start + config.train.steps_this_run)
 
-  _prepare_data(config)
   state = replicate(state)
   p_step = pmap_train_step(config)
   p_eval = _eval_fn(config)
@@ -184,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: Optional[int] = None) -> Dict[str, Any]:
   """Eval-only mode: scores the latest (or given) checkpoint in `workdir`."""
-  check_config(config)
+  config = _ready_config(config)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
   if checkpointer.latest_step() is None:

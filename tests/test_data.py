@@ -416,8 +416,8 @@ def test_eval_positions_pad_the_last_batch():
 
 def test_unknown_dataset_and_bad_settings_raise_clear_errors(config):
   c = config.copy_and_resolve_references()
-  c.data.name = "cityscapes"
-  with pytest.raises(pipeline.DatasetError, match="not wired"):
+  c.data.name = "kitti"
+  with pytest.raises(pipeline.DatasetError, match="not a dataset"):
     pipeline.train_batches(c)
   c.data.name = "demo"
   c.data.shuffle_buffer = 100

@@ -16,6 +16,7 @@ from cityscapesscripts.helpers.labels import labels as cs_table
 from PIL import Image
 
 from ddfp_jax.data import cityscapes
+from ddfp_jax.data import fake_layouts
 from ddfp_jax.data import prepare
 from ddfp_jax.data import real_datasets
 from ddfp_jax.data import splits
@@ -33,7 +34,6 @@ VOC_TRAIN = ["2007_000032", "2007_000039", "2008_000008"]
 VOC_VAL = ["2007_000033", "2007_000042"]
 VOC_AUG_ONLY = ["2009_000001", "2011_003271"]
 VOC_SHAPE = (7, 9)
-VOC_VALUES = np.array(list(range(voc.NUM_CLASSES)) + [255], np.uint8)
 
 
 def _expected_train_ids(raw: np.ndarray) -> np.ndarray:
@@ -46,14 +46,7 @@ def _expected_train_ids(raw: np.ndarray) -> np.ndarray:
   return out
 
 
-def _save_png(path: pathlib.Path, array: np.ndarray, palette=None) -> None:
-  """A uint8 array as PNG: RGB, grayscale ("L") or, given a palette, palette ("P")."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  image = Image.fromarray(array)
-  if palette is not None:
-    image.putpalette(palette.ravel().tolist())    # "L" -> "P", the values become indices
-    assert image.mode == "P"
-  image.save(path)
+_save_png = fake_layouts.save_png
 
 
 def _copy_tree(src: pathlib.Path, src_root: pathlib.Path, dst_root: pathlib.Path) -> None:
@@ -72,50 +65,14 @@ def _copy_tree(src: pathlib.Path, src_root: pathlib.Path, dst_root: pathlib.Path
 def cityscapes_root(tmp_path_factory):
   """leftImg8bit + gtFine labelIds; every raw id 0..33 appears (voids 0..6 included)."""
   root = tmp_path_factory.mktemp("cityscapes")
-  rng = np.random.RandomState(0)
-  raw_ids = np.arange(34, dtype=np.uint8)
-  files = {}
-  for folder, cities in CITIES.items():
-    for city, frames in cities.items():
-      for frame in range(frames):
-        stem = f"{city}_{frame:06d}_000019"
-        image = rng.randint(0, 256, CS_SHAPE + (3,)).astype(np.uint8)
-        raw = rng.choice(raw_ids, CS_SHAPE).astype(np.uint8)
-        raw.ravel()[:34] = raw_ids          # all ids in every file
-        _save_png(root / "leftImg8bit" / folder / city / f"{stem}_leftImg8bit.png", image)
-        _save_png(root / "gtFine" / folder / city / f"{stem}_gtFine_labelIds.png", raw)
-        # Files a real extraction also holds, which must be left alone.
-        _save_png(root / "gtFine" / folder / city / f"{stem}_gtFine_color.png", image)
-        files[f"{city}/{stem}"] = (image, raw)
-  return root, files
+  return root, fake_layouts.write_cityscapes(root, CITIES, CS_SHAPE)
 
 
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory):
   """VOCdevkit/VOC2012 with palette labels, plus SegmentationClassAug next to it."""
   root = tmp_path_factory.mktemp("voc")
-  base = root / "VOCdevkit" / "VOC2012"
-  rng = np.random.RandomState(1)
-  palette = voc.color_palette()
-  images, fine, aug = {}, {}, {}
-  for example_id in VOC_TRAIN + VOC_VAL + VOC_AUG_ONLY:
-    image = rng.randint(0, 256, VOC_SHAPE + (3,)).astype(np.uint8)
-    path = base / "JPEGImages" / f"{example_id}.jpg"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path, quality=90)
-    images[example_id] = path.read_bytes()
-    if example_id not in VOC_AUG_ONLY:
-      fine[example_id] = rng.choice(VOC_VALUES, VOC_SHAPE)
-      _save_png(base / "SegmentationClass" / f"{example_id}.png", fine[example_id],
-                palette=palette)
-    # SBD labels differ from the fine ones, so the tests see which folder was read.
-    aug[example_id] = rng.choice(VOC_VALUES, VOC_SHAPE)
-    _save_png(root / "SegmentationClassAug" / f"{example_id}.png", aug[example_id])
-  sets = base / "ImageSets" / "Segmentation"
-  sets.mkdir(parents=True)
-  (sets / "train.txt").write_text("\n".join(VOC_TRAIN) + "\n")
-  (sets / "val.txt").write_text("\n".join(VOC_VAL) + "\n")
-  return root, images, fine, aug
+  return (root,) + fake_layouts.write_voc(root, VOC_TRAIN, VOC_VAL, VOC_AUG_ONLY, VOC_SHAPE)
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,13 @@ devices. Parallel `map`s keep their order (`deterministic=True`).
 Evaluation makes one pass in index order; the last global batch is padded with copies of
 the first example marked `valid=False`, never dropped.
 
-The demo set is small, so each split is decoded from TFDS once into memory and examples
-are gathered from there. The real datasets (a later change) will stream from TFDS instead.
+Examples are read by index from a `ddfp_jax.data.sources.Source`: the demo set from
+memory, the real datasets from their prepared TFDS files (decoded inside the parallel
+map), so both take exactly the same path through sampling and augmentation.
+
+Evaluation follows `config.data.eval_protocol`: "center_crop" (VOC) pads and crops each
+image here; "whole" and "sliding_window" (Cityscapes) pass full images, batched with
+padding (label 255, `valid` unchanged) if sizes differ within a batch.
 """
 import functools
 from typing import Dict, Iterator, Optional, Tuple
@@ -34,57 +39,52 @@ import numpy as np
 import tensorflow as tf
 
 from ddfp_jax.data import augment
-from ddfp_jax.data import demo
+from ddfp_jax.data import sources
 # One error class for every data problem; re-exported for the trainer and main.py.
 from ddfp_jax.data.errors import DatasetError
 
-_IMPLEMENTED = ("demo",)
 _LABELED, _UNLABELED = 0, 1
+EVAL_PROTOCOLS = ("whole", "center_crop", "sliding_window")
 
 
 def _check_config(config) -> None:
-  name = config.data.name
-  if name not in _IMPLEMENTED:
-    raise DatasetError(
-        f"config.data.name={name!r} is not available: only {_IMPLEMENTED} is implemented "
-        "so far. The real datasets (cityscapes, pascal, pascal_blended) are not wired into "
-        "the input pipeline yet; use configs/demo.py or set --config.data.name=demo.")
+  sources.check_dataset(config)
   if config.data.shuffle_buffer:
     raise DatasetError(
         f"config.data.shuffle_buffer={config.data.shuffle_buffer} is not supported: the "
         "pipeline always uses an exact per-epoch permutation (which keeps it deterministic "
         "and resumable). Set it to 0.")
+  if config.data.eval_protocol not in EVAL_PROTOCOLS:
+    raise DatasetError(f"config.data.eval_protocol={config.data.eval_protocol!r} is not one "
+                       f"of {EVAL_PROTOCOLS}.")
 
 
-# (data_dir, builder config name, split) -> (images, labels); the name encodes the sizes
-# and seed of the demo set.
-_ARRAYS: Dict[Tuple[Optional[str], str, str], Tuple[np.ndarray, np.ndarray]] = {}
+def prepare(config) -> None:
+  """Makes the dataset's files ready (see `sources.prepare`); call on one process first."""
+  _check_config(config)
+  sources.prepare(config)
 
 
 def load_split_arrays(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
-  """All of `split` in memory: images uint8 (N, H, W, 3), labels uint8 (N, H, W).
-
-  Cached per (data config, split), so repeated iterators decode the split once.
-  """
+  """Demo set only: all of `split` in memory, images uint8 (N, H, W, 3), labels (N, H, W)."""
   _check_config(config)
-  if split not in demo.SPLITS:
-    raise DatasetError(f"Unknown split {split!r} of the demo set; expected one of "
-                       f"{demo.SPLITS}.")
-  key = (config.data.data_dir, demo.builder_config_for(config).name, split)
-  if key not in _ARRAYS:
-    images, labels, indices = [], [], []
-    for example in demo.load_demo_split(config, split).as_numpy_iterator():
-      images.append(example["image"])
-      labels.append(example["label"])
-      indices.append(example["index"])
-    order = np.argsort(indices)
-    _ARRAYS[key] = (np.stack(images)[order], np.stack(labels)[order])
-  return _ARRAYS[key]
+  if config.data.name != "demo":
+    raise DatasetError("load_split_arrays serves the demo set only; real datasets are read "
+                       "by index through ddfp_jax.data.sources.")
+  return sources.demo_arrays(config, split)
+
+
+def num_train_examples(config) -> Tuple[int, int]:
+  """(labeled, unlabeled) examples of the training streams."""
+  _check_config(config)
+  labeled, unlabeled = sources.train_sources(config)
+  return labeled.size, unlabeled.size
 
 
 def num_eval_examples(config, split: str = "validation") -> int:
   """Number of examples in `split`; every one is evaluated exactly once."""
-  return len(load_split_arrays(config, split)[1])
+  _check_config(config)
+  return sources.eval_source(config, split).size
 
 
 def _epoch_order(seed: int, stream: int, epoch: int, num_examples: int,
@@ -115,10 +115,9 @@ def _num_local_devices(local_device_count: Optional[int]) -> int:
   return jax.local_device_count() if local_device_count is None else int(local_device_count)
 
 
-def _stream(config, split: str, stream: int, per_device: int, start_step: int,
+def _stream(config, source: sources.Source, stream: int, per_device: int, start_step: int,
             process_index: int, process_count: int, devices: int, augment_fn) -> tf.data.Dataset:
   """Per-step batches (devices * per_device examples) of one stream, augmented."""
-  images, labels = load_split_arrays(config, split)
   local = devices * per_device
   global_batch = local * process_count
   local_slice = slice(process_index * local, (process_index + 1) * local)
@@ -128,7 +127,7 @@ def _stream(config, split: str, stream: int, per_device: int, start_step: int,
 
   @functools.lru_cache(maxsize=2)
   def epoch_order(epoch: int) -> np.ndarray:
-    return _epoch_order(seed, stream, epoch, len(labels), steps_per_epoch * global_batch)
+    return _epoch_order(seed, stream, epoch, source.size, steps_per_epoch * global_batch)
 
   def ids_for_step(step: np.ndarray) -> np.ndarray:
     offset = (int(step) % steps_per_epoch) * global_batch
@@ -140,13 +139,9 @@ def _stream(config, split: str, stream: int, per_device: int, start_step: int,
     ids.set_shape([local])
     return {"step": tf.fill([local], step), "position": tf.constant(positions), "id": ids}
 
-  images_t = tf.constant(images)
-  labels_t = tf.constant(labels)
-
   def load_and_augment(element):
     example_seed = _example_seed(seed, stream, element["step"], element["position"])
-    image = tf.gather(images_t, element["id"])
-    label = tf.gather(labels_t, element["id"])
+    image, label = source.load(element["id"])
     return augment_fn(image, label, example_seed)
 
   ds = tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max)
@@ -212,8 +207,10 @@ def train_batches(config, *, start_step: int = 0, process_index: int = 0,
 
   common = dict(start_step=start_step, process_index=process_index,
                 process_count=process_count, devices=devices)
-  labeled = _stream(config, "labeled", _LABELED, bl, augment_fn=labeled_fn, **common)
-  unlabeled = _stream(config, "unlabeled", _UNLABELED, bu, augment_fn=unlabeled_fn, **common)
+  labeled_source, unlabeled_source = sources.train_sources(config)
+  labeled = _stream(config, labeled_source, _LABELED, bl, augment_fn=labeled_fn, **common)
+  unlabeled = _stream(config, unlabeled_source, _UNLABELED, bu, augment_fn=unlabeled_fn,
+                      **common)
 
   def to_devices(lab, unlab):
     def split(x, per_device):
@@ -262,25 +259,35 @@ def eval_batches(config, split: str = "validation", *, process_index: int = 0,
       valid bool (D, Be): False on padding (copies of the first example).
     Every process yields the same number of batches.
   """
+  _check_config(config)
   _check_process(process_index, process_count)
   data = config.data
-  images, labels = load_split_arrays(config, split)
+  source = sources.eval_source(config, split)
   devices = _num_local_devices(local_device_count)
   be = int(data.eval_per_device)
-  ids, valid = eval_positions(len(labels), devices * be, process_index, process_count)
+  ids, valid = eval_positions(source.size, devices * be, process_index, process_count)
   mean, std = tuple(data.mean), tuple(data.std)
-  images_t = tf.constant(images)
-  labels_t = tf.constant(labels)
+  ignore = int(data.ignore_label)
+  center_crop = data.eval_protocol == "center_crop"
 
   def load(idx, ok):
-    return {"image": augment.normalize(tf.gather(images_t, idx), mean, std),
-            "label": tf.cast(tf.gather(labels_t, idx), tf.int32), "valid": ok}
+    image, label = source.load(idx)
+    if center_crop:
+      image, label = augment.center_crop_and_pad(image, label, int(data.eval_crop),
+                                                 label_pad=ignore)
+    return {"image": augment.normalize(image, mean, std),
+            "label": tf.cast(label, tf.int32), "valid": ok}
 
   def to_devices(batch):
-    return {k: tf.reshape(v, [devices, be] + v.shape[1:]) for k, v in batch.items()}
+    return {k: tf.reshape(v, tf.concat([[devices, be], tf.shape(v)[1:]], 0))
+            for k, v in batch.items()}
 
   ds = tf.data.Dataset.from_tensor_slices((ids, valid))
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(devices * be, drop_remainder=True).map(to_devices)
+  # Full images of different sizes are padded to the largest of their batch (label
+  # ignore_label, so the padding is never scored); equal sizes are left as they are.
+  ds = ds.padded_batch(devices * be, drop_remainder=True,
+                       padding_values={"image": 0.0, "label": ignore, "valid": False})
+  ds = ds.map(to_devices)
   ds = ds.prefetch(int(data.prefetch) if data.prefetch else tf.data.AUTOTUNE)
   return iter(ds.as_numpy_iterator())

@@ -29,15 +29,20 @@ class RealDataset(NamedTuple):
   builder_config: Optional[str]
   num_classes: int
   check_layout: Callable[[str], Dict[str, int]]
+  expected_layout: str     # the extracted files, with the manual dir called DIR
+  how_to_get: str          # where to download them and how to prepare them
 
 
 DATASETS: Dict[str, RealDataset] = {
     "cityscapes": RealDataset(cityscapes.DdfpCityscapes, None, cityscapes.NUM_CLASSES,
-                              cityscapes.check_layout),
+                              cityscapes.check_layout, cityscapes.EXPECTED_LAYOUT,
+                              cityscapes.PREPARE_HELP),
     "pascal": RealDataset(voc.DdfpVoc, "classic", voc.NUM_CLASSES,
-                          lambda root: voc.check_layout(root, "classic")),
+                          lambda root: voc.check_layout(root, "classic"),
+                          voc.EXPECTED_LAYOUT, voc.PREPARE_HELP),
     "pascal_blended": RealDataset(voc.DdfpVoc, "blended", voc.NUM_CLASSES,
-                                  lambda root: voc.check_layout(root, "blended")),
+                                  lambda root: voc.check_layout(root, "blended"),
+                                  voc.EXPECTED_LAYOUT, voc.PREPARE_HELP),
 }
 
 

@@ -107,13 +107,15 @@ class ExampleFiles(NamedTuple):
   label: str         # path of the label PNG
 
 
+EXPECTED_LAYOUT = (
+    "DIR/VOCdevkit/VOC2012/ holding JPEGImages/<id>.jpg, SegmentationClass/<id>.png and "
+    "ImageSets/Segmentation/{train,val}.txt (e.g. JPEGImages/2007_000032.jpg), and for the "
+    "blended set SegmentationClassAug/<id>.png in it or in DIR")
+
+
 def _layout_error(root: str, problem: str) -> LayoutError:
-  return LayoutError(
-      f"Pascal VOC 2012 was not found in {root}: {problem}. Expected "
-      f"{os.path.join(root, VOC_SUBDIR)}/ holding JPEGImages/<id>.jpg, "
-      "SegmentationClass/<id>.png and ImageSets/Segmentation/{train,val}.txt (e.g. "
-      "JPEGImages/2007_000032.jpg), and for the blended set SegmentationClassAug/<id>.png "
-      f"in it or in {root}. {PREPARE_HELP}")
+  return LayoutError(f"Pascal VOC 2012 was not found in {root}: {problem}. Expected "
+                     f"{EXPECTED_LAYOUT}, with DIR = {root}. {PREPARE_HELP}")
 
 
 def _listing(path: str) -> str:
