@@ -40,8 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.labeled_per_device = 4
   data.unlabeled_per_device = 4
   data.eval_per_device = 8
-  # Validation protocol: "whole" (full images as they are), "center_crop" (VOC: centre
-  # crop of eval_crop, image and label padded bottom/right first, label with 255), or
+  # Validation protocol: "whole" (full images as they are), "center_crop" (VOC, as the
+  # release: a side shorter than eval_crop is padded evenly on both sides, image with 0
+  # before normalisation, label with 255; then the centre eval_crop x eval_crop), or
   # "sliding_window" (Cityscapes: full images, windows of eval_window with stride
   # int(eval_stride_ratio * eval_window), softmax scores summed over windows).
   data.eval_protocol = "whole"
@@ -49,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.eval_window = 769              # paper; the release uses 801
   data.eval_stride_ratio = 2 / 3
   data.eval_window_batch = 0          # windows per forward pass (0: all of a batch at once)
+  # "release": windows start at 0, stride, 2*stride, ... and are cut at the image border
+  # (the release's loop); "shifted": border windows move inside, all full size (mmseg/U2PL).
+  data.eval_window_grid = "release"
   data.mean = (123.675, 116.28, 103.53)
   data.std = (58.395, 57.12, 57.375)
   # Strong augmentation of the unlabeled stream (on top of the weak one).

@@ -259,8 +259,7 @@ def eval_step_from_config(config, model: nn.Module, density: Optional[nn.Module]
   "whole" and "center_crop" get the plain step (a centre crop is made by the input
   pipeline, so the step sees ready images); "sliding_window" gets windows of
   `data.eval_window` with stride `window_stride(eval_window, eval_stride_ratio)`,
-  `data.eval_window_batch` windows per pass, placed by `data.eval_window_grid`
-  ("release" when the key is absent).
+  `data.eval_window_batch` windows per pass, placed by `data.eval_window_grid`.
 
   Raises:
     ValueError: for an unknown protocol or grid rule, or a bad window / stride.
@@ -273,7 +272,7 @@ def eval_step_from_config(config, model: nn.Module, density: Optional[nn.Module]
     return make_eval_step(
         model, data.num_classes, window=data.eval_window,
         stride=window_stride(data.eval_window, data.eval_stride_ratio),
-        window_batch=data.eval_window_batch, grid=data.get("eval_window_grid", "release"),
+        window_batch=data.eval_window_batch, grid=data.eval_window_grid,
         **kwargs)
   raise ValueError(f"data.eval_protocol must be one of {PROTOCOLS}, "
                    f"got {data.eval_protocol!r}.")

@@ -21,7 +21,7 @@ from ddfp_jax import builders
 from ddfp_jax.checkpoint import Checkpointer
 from ddfp_jax.config_check import check_config
 from ddfp_jax.data import pipeline
-from ddfp_jax.evaluate import evaluate, make_eval_step
+from ddfp_jax.evaluate import eval_step_from_config, evaluate
 from ddfp_jax.state import TrainState, create_train_state
 from ddfp_jax.train_step import AXIS, phase_at, pmap_train_step, replicate
 
@@ -33,8 +33,7 @@ class NonFiniteError(RuntimeError):
 def _eval_fn(config: ml_collections.ConfigDict):
   model = builders.build_model(config)
   density = builders.build_density(config) if config.train.eval_flow else None
-  step = make_eval_step(model, config.data.num_classes, density=density, axis_name=AXIS,
-                        ignore_label=config.data.ignore_label)
+  step = eval_step_from_config(config, model, density=density, axis_name=AXIS)
   return jax.pmap(step, axis_name=AXIS, in_axes=(None, None, 0))
 
 

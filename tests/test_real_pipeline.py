@@ -172,9 +172,9 @@ def test_centre_crop_evaluation_batches(voc_download, tfds_dir):
   batches = list(pipeline.eval_batches(config, local_device_count=1))
   assert len(batches) == 1 and batches[0]["image"].shape == (1, 2, 36, 36, 3)
   label = batches[0]["label"][0, 0]
-  # 30 x 40 labels: 3 rows padded with 255 below, 2 columns cut on each side.
-  np.testing.assert_array_equal(label[:30], fine[sorted(VOC_VAL)[0]][:, 2:38])
-  assert (label[30:] == 255).all()
+  # 30 x 40 labels: 3 rows of 255 padded above and below, 2 columns cut on each side.
+  np.testing.assert_array_equal(label[3:33], fine[sorted(VOC_VAL)[0]][:, 2:38])
+  assert (label[:3] == 255).all() and (label[33:] == 255).all()
 
 
 def test_unprepared_dataset_without_manual_dir_says_how_to_prepare(tmp_path):
@@ -215,6 +215,8 @@ def test_two_training_steps_on_the_cityscapes_layout(cityscapes_download, tfds_d
   config.data.manual_dir = str(root)
   config.data.num_labeled = 3
   config.data.eval_per_device = 1
+  config.data.eval_protocol = "sliding_window"     # 40 x 80 images, 6 windows of 32
+  config.data.eval_window = 32
   # 4 unlabeled images, 2 per device on 4 devices: 1 step per epoch, so 2 steps: the flow
   # trains in the first, the density-descending perturbation runs in the second.
   config.epochs = 2

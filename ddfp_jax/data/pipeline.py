@@ -40,11 +40,11 @@ import tensorflow as tf
 
 from ddfp_jax.data import augment
 from ddfp_jax.data import sources
+from ddfp_jax.evaluate import PROTOCOLS
 # One error class for every data problem; re-exported for the trainer and main.py.
 from ddfp_jax.data.errors import DatasetError
 
 _LABELED, _UNLABELED = 0, 1
-EVAL_PROTOCOLS = ("whole", "center_crop", "sliding_window")
 
 
 def _check_config(config) -> None:
@@ -54,9 +54,9 @@ def _check_config(config) -> None:
         f"config.data.shuffle_buffer={config.data.shuffle_buffer} is not supported: the "
         "pipeline always uses an exact per-epoch permutation (which keeps it deterministic "
         "and resumable). Set it to 0.")
-  if config.data.eval_protocol not in EVAL_PROTOCOLS:
+  if config.data.eval_protocol not in PROTOCOLS:
     raise DatasetError(f"config.data.eval_protocol={config.data.eval_protocol!r} is not one "
-                       f"of {EVAL_PROTOCOLS}.")
+                       f"of {PROTOCOLS}.")
 
 
 def prepare(config) -> None:
