@@ -1,0 +1,1 @@
+"""Benchmarks of ddfp-jax components (run with `python -m benchmarks.<name>` from the repo root)."""
