@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from ddfp_jax import builders, optim
+from ddfp_jax import builders, optim, torch_import
 
 PyTree = Any
 
@@ -36,13 +36,21 @@ def global_labeled_batch(config: ml_collections.ConfigDict) -> int:
 
 
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array) -> TrainState:
-  """Initialises every part of the state on the host (unreplicated)."""
+  """Initialises every part of the state on the host (unreplicated).
+
+  With `config.model.pretrained` set (a PyTorch `.pth` or its converted `.npz`, see
+  `torch_import`), the student and teacher start from those weights.
+  """
   model = builders.build_model(config)
   density = builders.build_density(config)
   k_model, k_flow, k_run = jax.random.split(rng, 3)
   crop = config.data.crop_size
   image = jnp.zeros((1, crop, crop, 3), jnp.float32)
   variables = jax.jit(lambda k: model.init(k, image, train=False))(k_model)
+  if config.model.get("pretrained"):
+    # A backbone file (ImageNet ResNet) replaces the backbone, a converted segmentation
+    # model everything; the teacher starts as a copy either way.
+    variables = torch_import.load_pretrained(variables, config.model.pretrained)
   u = jax.eval_shape(lambda: model.apply(variables, image, False, method="encode"))
   v = jax.eval_shape(lambda: model.apply(variables, jnp.zeros(u.shape, u.dtype), False,
                                          method="features"))

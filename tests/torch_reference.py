@@ -1,0 +1,230 @@
+"""A small PyTorch DeepLabV3+ / ResNet, written from the model description, for parity tests.
+
+Test-only. Module names follow the state-dict layout of the segmentation literature's
+PyTorch code, so that its `state_dict()` has the keys of real checkpoints:
+
+* deep-stem ResNet (CPS / U2PL / UniMatch / DDFP `resnet101.pth`): `conv1.0`, `conv1.1`,
+  `conv1.3`, `conv1.4`, `conv1.6` (conv, BN, ReLU, conv, BN, ReLU, conv), `bn1`,
+  `layer1.0.conv1`, ..., `layer1.0.downsample.0` (conv) / `.1` (BN);
+* plain-stem ResNet (torchvision): `conv1` is one 7x7 conv, the rest as above;
+* DeepLabV3+ of the DDFP release: `encoder.*` (the ResNet) and `decoder.*`: `aspp.conv1.1/2`
+  (image pooling conv/BN, index 0 is the pooling), `aspp.conv2..5.0/1` (1x1 and the three
+  dilated 3x3 branches), `head.0/1`, `low_conv.0/1`, `classifier.0/1/4/5` (conv, mixed BN,
+  conv, mixed BN) with the auxiliary BN of a mixed BN under `.aux_bn`, and `final`.
+
+`width` multiplies every channel count so that tests can run narrow models.
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LAYOUTS = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3)),
+           101: ("bottleneck", (3, 4, 23, 3))}
+
+
+def channels(c, width):
+  return max(1, int(round(c * width)))
+
+
+def conv3x3(cin, cout, stride=1, dilation=1, bias=False):
+  return nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=bias)
+
+
+class BasicBlock(nn.Module):
+  expansion = 1
+
+  def __init__(self, cin, planes, stride, dilation, downsample):
+    super().__init__()
+    self.conv1 = conv3x3(cin, planes, stride, dilation)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = conv3x3(planes, planes, 1, dilation)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.downsample = downsample
+
+  def forward(self, x):
+    out = F.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    shortcut = x if self.downsample is None else self.downsample(x)
+    return F.relu(out + shortcut)
+
+
+class Bottleneck(nn.Module):
+  """1x1 reduce, 3x3 carrying the stride and dilation, 1x1 expand (x4)."""
+  expansion = 4
+
+  def __init__(self, cin, planes, stride, dilation, downsample):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = conv3x3(planes, planes, stride, dilation)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(planes * 4)
+    self.downsample = downsample
+
+  def forward(self, x):
+    out = F.relu(self.bn1(self.conv1(x)))
+    out = F.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    shortcut = x if self.downsample is None else self.downsample(x)
+    return F.relu(out + shortcut)
+
+
+class ResNet(nn.Module):
+  """Returns (stage-1 features, last-stage features).
+
+  Output stride 16: the last stage keeps resolution and dilates by 2 instead. Its first
+  block still uses the dilation of the stage before (1); the following blocks use 2.
+  """
+
+  def __init__(self, depth=101, width=1.0, deep_stem=True, output_stride=16):
+    super().__init__()
+    kind, blocks = LAYOUTS[depth]
+    block = Bottleneck if kind == "bottleneck" else BasicBlock
+    w = lambda c: channels(c, width)
+    self.deep_stem = deep_stem
+    if deep_stem:
+      self.conv1 = nn.Sequential(
+          conv3x3(3, w(64), stride=2), nn.BatchNorm2d(w(64)), nn.ReLU(),
+          conv3x3(w(64), w(64)), nn.BatchNorm2d(w(64)), nn.ReLU(),
+          conv3x3(w(64), w(128)))
+      cin = w(128)
+    else:
+      self.conv1 = nn.Conv2d(3, w(64), 7, stride=2, padding=3, bias=False)
+      cin = w(64)
+    self.bn1 = nn.BatchNorm2d(cin)
+    # The deep stem's pool rounds its output size up (ceil mode); torchvision's does not.
+    self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=deep_stem)
+    dilated = {32: (), 16: (4,), 8: (3, 4)}[output_stride]
+    dilation = 1
+    for stage, (n, planes) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
+      stride = 1 if stage == 1 else 2
+      first_dilation = dilation
+      if stage in dilated:
+        dilation, stride = dilation * stride, 1
+      planes = w(planes)
+      downsample = None
+      if stride != 1 or cin != planes * block.expansion:
+        downsample = nn.Sequential(
+            nn.Conv2d(cin, planes * block.expansion, 1, stride=stride, bias=False),
+            nn.BatchNorm2d(planes * block.expansion))
+      layers = [block(cin, planes, stride, first_dilation, downsample)]
+      cin = planes * block.expansion
+      layers += [block(cin, planes, 1, dilation, None) for _ in range(n - 1)]
+      setattr(self, f"layer{stage}", nn.Sequential(*layers))
+      if stage == 1:
+        self.low_channels = cin
+    self.out_channels = cin
+
+  def forward(self, x):
+    x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+    low = self.layer1(x)
+    return low, self.layer4(self.layer3(self.layer2(low)))
+
+
+class MixBatchNorm2d(nn.BatchNorm2d):
+  """BatchNorm with a second set of parameters and statistics (`aux_bn`) for perturbed
+  inputs; `use_aux` picks which set a call goes through."""
+
+  def __init__(self, num_features):
+    super().__init__(num_features)
+    self.aux_bn = nn.BatchNorm2d(num_features)
+    self.use_aux = False
+
+  def forward(self, x):
+    return self.aux_bn(x) if self.use_aux else super().forward(x)
+
+
+def _conv_bn_relu(cin, cout, kernel, dilation=1):
+  return [nn.Conv2d(cin, cout, kernel, padding=dilation * (kernel // 2), dilation=dilation,
+                    bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
+class ASPP(nn.Module):
+
+  def __init__(self, cin, inner, rates):
+    super().__init__()
+    self.conv1 = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(cin, inner, 1))
+    self.conv2 = nn.Sequential(*_conv_bn_relu(cin, inner, 1))
+    for i, rate in enumerate(rates):
+      setattr(self, f"conv{i + 3}", nn.Sequential(*_conv_bn_relu(cin, inner, 3, rate)))
+
+  def forward(self, x):
+    size = x.shape[-2:]
+    pooled = F.interpolate(self.conv1(x), size=size, mode="bilinear", align_corners=True)
+    return torch.cat([pooled] + [getattr(self, f"conv{i}")(x) for i in range(2, 6)], dim=1)
+
+
+class Decoder(nn.Module):
+
+  def __init__(self, low_channels, high_channels, num_classes, width, rates, dropout):
+    super().__init__()
+    w = lambda c: channels(c, width)
+    self.aspp = ASPP(high_channels, w(256), rates)
+    self.head = nn.Sequential(*_conv_bn_relu(5 * w(256), w(256), 3), nn.Dropout2d(dropout))
+    self.low_conv = nn.Sequential(nn.Conv2d(low_channels, w(48), 1), nn.BatchNorm2d(w(48)),
+                                  nn.ReLU())
+    self.classifier = nn.Sequential(
+        conv3x3(w(48) + w(256), w(256), bias=True), MixBatchNorm2d(w(256)), nn.ReLU(),
+        nn.Dropout2d(dropout),
+        conv3x3(w(256), w(256), bias=True), MixBatchNorm2d(w(256)), nn.ReLU(),
+        nn.Dropout2d(dropout))
+    self.final = nn.Conv2d(w(256), num_classes, 1)
+
+  def classifier_input(self, low, high):
+    head = self.head(self.aspp(high))
+    low = self.low_conv(low)
+    head = F.interpolate(head, size=low.shape[-2:], mode="bilinear", align_corners=True)
+    return torch.cat([low, head], dim=1)
+
+  def features(self, u, perturbed=False):
+    for m in self.classifier:
+      if isinstance(m, MixBatchNorm2d):
+        m.use_aux = perturbed
+    return self.classifier(u)
+
+
+class DeepLabV3Plus(nn.Module):
+  """`encoder` + `decoder`; logits at stride 4, NCHW."""
+
+  def __init__(self, num_classes, depth=101, width=1.0, deep_stem=True, output_stride=16,
+               rates=(6, 12, 18), dropout=0.1):
+    super().__init__()
+    self.encoder = ResNet(depth, width, deep_stem, output_stride)
+    self.decoder = Decoder(self.encoder.low_channels, self.encoder.out_channels, num_classes,
+                           width, rates, dropout)
+
+  def encode(self, x):
+    return self.decoder.classifier_input(*self.encoder(x))
+
+  def features(self, u, perturbed=False):
+    return self.decoder.features(u, perturbed)
+
+  def classify(self, v):
+    return self.decoder.final(v)
+
+  def forward(self, x):
+    return self.classify(self.features(self.encode(x)))
+
+
+def randomize_(module, seed):
+  """Draws every parameter and BN statistic at random (in place), far from the defaults so
+  that a swapped or transposed tensor cannot go unnoticed. Conv weights are scaled by fan-in
+  to keep activations finite through a hundred layers."""
+  gen = torch.Generator().manual_seed(seed)
+  randn = lambda t: torch.randn(t.shape, generator=gen, dtype=t.dtype)
+  rand = lambda t: torch.rand(t.shape, generator=gen, dtype=t.dtype)
+  with torch.no_grad():
+    for m in module.modules():
+      if isinstance(m, nn.Conv2d):
+        fan_in = m.weight[0].numel()
+        m.weight.copy_(randn(m.weight) * (2.0 / fan_in) ** 0.5)
+        if m.bias is not None:
+          m.bias.copy_(0.1 * randn(m.bias))
+      elif isinstance(m, nn.BatchNorm2d):
+        m.weight.copy_(0.5 + rand(m.weight))
+        m.bias.copy_(0.2 * randn(m.bias))
+        m.running_mean.copy_(0.2 * randn(m.running_mean))
+        m.running_var.copy_(0.5 + rand(m.running_var))
+        m.num_batches_tracked.fill_(7)
+  return module
