@@ -28,7 +28,7 @@ def test_benchmark_reports_every_figure(tmp_path):
   one = run["one_core"]["settings"]
   assert len(one["cpu_affinity"]) == 1
   assert one["tf_inter_op_threads"] == one["tf_intra_op_threads"] == 1
-  for stage in ("read_decode", "weak", "weak_rescale_only", "strong"):
+  for stage in ("read_decode", "weak", "weak_rescale_crop", "strong"):
     assert run["stages_one_core_ms_per_example"][stage]["mean_ms"] > 0
   feed = run["gpu_feed"]
   assert feed["target_is_measured"] is False

@@ -133,6 +133,8 @@ _STRONG = dict(color_jitter_prob=0.8, brightness=0.5, contrast=0.5, saturation=0
 _OPS = {
     "rescale": lambda s: augment.random_rescale(_IMAGE, _LABEL, s, (0.5, 2.0), _IGNORE),
     "crop_and_pad": lambda s: augment.random_crop_and_pad(_IMAGE, _LABEL, _IGNORE, s, 40),
+    "rescale_crop": lambda s: augment.random_rescale_crop(_IMAGE, _LABEL, _IGNORE, s,
+                                                          s + 1, (0.5, 2.0), 40),
     "flip": lambda s: augment.random_flip(_IMAGE, _LABEL, _IGNORE, s),
     "color_jitter": lambda s: augment.color_jitter(_IMAGE, s, 0.5, 0.5, 0.5, 0.25),
     "blur": lambda s: augment.gaussian_blur(
@@ -181,6 +183,25 @@ def test_rescale_keeps_the_long_side_within_range_and_the_aspect():
       shorts.append(short_side)
     # The whole range is reached, not a fixed scale.
     assert min(longs) <= 26 and max(longs) >= 86
+
+
+@pytest.mark.parametrize("crop", [8, 33, 70])
+def test_rescale_crop_equals_rescale_then_crop(crop):
+  """The fused op computes only the window, with the same draws and the same result."""
+  rng = np.random.RandomState(crop)
+  for trial in range(25):
+    h, w = rng.randint(9, 90, size=2)
+    image = rng.randint(0, 256, (h, w, 3)).astype(np.uint8)
+    label = rng.randint(0, 21, (h, w)).astype(np.uint8)
+    ignore = rng.randint(0, 2, (h, w)).astype(np.uint8)
+    s_rescale, s_crop = tf.constant([trial, 1], tf.int64), tf.constant([trial, 2], tf.int64)
+    full = augment.random_rescale(image, label, s_rescale, (0.5, 2.0), ignore)
+    expected = augment.random_crop_and_pad(*full, s_crop, crop, ignore_pad=7)
+    fused = augment.random_rescale_crop(image, label, ignore, s_rescale, s_crop,
+                                        (0.5, 2.0), crop, ignore_pad=7)
+    np.testing.assert_allclose(fused[0].numpy(), expected[0].numpy(), atol=5e-3)
+    np.testing.assert_array_equal(fused[1].numpy(), expected[1].numpy())
+    np.testing.assert_array_equal(fused[2].numpy(), expected[2].numpy())
 
 
 def test_rescale_uses_nearest_for_labels():

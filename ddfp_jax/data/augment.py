@@ -45,6 +45,20 @@ def _as_float(image: Tensor) -> Tensor:
   return tf.cast(image, tf.float32)
 
 
+def _rescaled_size(h: Tensor, w: Tensor, seed: Tensor, scale_range: Sequence[float]):
+  """The random size of `random_rescale`: long side uniform in [lo * L, hi * L]."""
+  long_side = tf.cast(tf.maximum(h, w), tf.float64)
+  lo = tf.cast(scale_range[0] * long_side, tf.int32)
+  hi = tf.cast(scale_range[1] * long_side, tf.int32)
+  new_long = tf.random.stateless_uniform([], seed, minval=lo, maxval=hi + 1, dtype=tf.int32,
+                                         alg=ALG)
+  new_long_f = tf.cast(new_long, tf.float64)
+  hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
+  out_h = tf.where(h > w, new_long, tf.cast(hf * new_long_f / wf + 0.5, tf.int32))
+  out_w = tf.where(h > w, tf.cast(wf * new_long_f / hf + 0.5, tf.int32), new_long)
+  return out_h, out_w
+
+
 def random_rescale(image: Tensor, label: Tensor, seed: Tensor,
                    scale_range: Sequence[float], ignore: Optional[Tensor] = None) -> Geometric:
   """Rescales so the long side is an integer uniform in [lo * L, hi * L], aspect kept.
@@ -65,23 +79,23 @@ def random_rescale(image: Tensor, label: Tensor, seed: Tensor,
     (image float32, label, ignore) at the new size.
   """
   shape = tf.shape(label)
-  h, w = shape[0], shape[1]
-  long_side = tf.cast(tf.maximum(h, w), tf.float64)
-  lo = tf.cast(scale_range[0] * long_side, tf.int32)
-  hi = tf.cast(scale_range[1] * long_side, tf.int32)
-  new_long = tf.random.stateless_uniform([], seed, minval=lo, maxval=hi + 1, dtype=tf.int32,
-                                         alg=ALG)
-  new_long_f = tf.cast(new_long, tf.float64)
-  hf, wf = tf.cast(h, tf.float64), tf.cast(w, tf.float64)
-  out_h = tf.where(h > w, new_long, tf.cast(hf * new_long_f / wf + 0.5, tf.int32))
-  out_w = tf.where(h > w, tf.cast(wf * new_long_f / hf + 0.5, tf.int32), new_long)
-  size = tf.stack([out_h, out_w])
+  size = tf.stack(_rescaled_size(shape[0], shape[1], seed, scale_range))
   image = tf.image.resize(_as_float(image), size, method="bilinear", antialias=True)
 
   def nearest(x):
     return tf.image.resize(x[..., None], size, method="nearest")[..., 0]
 
   return image, nearest(label), None if ignore is None else nearest(ignore)
+
+
+def _crop_offsets(padded_h: Tensor, padded_w: Tensor, crop: int, seed: Tensor):
+  """The random window of `random_crop_and_pad` in an image padded to >= crop."""
+  seed_y, seed_x = split_seed(seed, 2)
+
+  def offset(s, size):
+    return tf.random.stateless_uniform([], s, 0, size - crop + 1, dtype=tf.int32, alg=ALG)
+
+  return offset(seed_y, padded_h), offset(seed_x, padded_w)
 
 
 def random_crop_and_pad(image: Tensor, label: Tensor, ignore: Optional[Tensor], seed: Tensor,
@@ -110,13 +124,7 @@ def random_crop_and_pad(image: Tensor, label: Tensor, ignore: Optional[Tensor], 
   label = tf.pad(label, paddings, constant_values=tf.cast(label_pad, label.dtype))
   if ignore is not None:
     ignore = tf.pad(ignore, paddings, constant_values=tf.cast(ignore_pad, ignore.dtype))
-  seed_y, seed_x = split_seed(seed, 2)
-
-  def offset(s, size):
-    return tf.random.stateless_uniform([], s, 0, size - crop + 1, dtype=tf.int32, alg=ALG)
-
-  y = offset(seed_y, shape[0] + pad_h)
-  x = offset(seed_x, shape[1] + pad_w)
+  y, x = _crop_offsets(shape[0] + pad_h, shape[1] + pad_w, crop, seed)
 
   def window(t):
     t = t[y:y + crop, x:x + crop]
@@ -126,44 +134,88 @@ def random_crop_and_pad(image: Tensor, label: Tensor, ignore: Optional[Tensor], 
   return window(image), window(label), None if ignore is None else window(ignore)
 
 
-def center_crop_and_pad(image: Tensor, label: Tensor, crop: int,
-                        label_pad: int = 255) -> Tuple[Tensor, Tensor]:
-  """VOC validation view: pad to at least `crop` x `crop`, then take the central window.
+def _source_span(offset: Tensor, crop: int, scale: Tensor, size: Tensor):
+  """[start, stop) of the source rows (or columns) that output rows [offset, offset+crop)
+  of an antialiased resize by `scale` read, with a margin beyond the filter's reach."""
+  reach = tf.maximum(1.0, 1.0 / scale) + 2.0   # triangle filter radius, source pixels
+  first = (tf.cast(offset, tf.float32) + 0.5) / scale - 0.5 - reach
+  last = (tf.cast(offset + crop, tf.float32) - 0.5) / scale - 0.5 + reach
+  start = tf.clip_by_value(tf.cast(tf.floor(first), tf.int32), 0, size)
+  stop = tf.clip_by_value(tf.cast(tf.math.ceil(last), tf.int32) + 1, start, size)
+  return start, stop
 
-  As the release's validation transform (`crop_center`): a side shorter than `crop` is
-  padded by p = crop - side, p // 2 before it (top / left) and the rest after it
-  (bottom / right), so the image stays centred, unlike the training crop's bottom/right
-  padding. The image is padded with 0 on the raw 0..255 scale, i.e. before `normalize`
-  (the network sees -mean / std there), the label with `label_pad` so that padding is
-  never scored. Then the window starts at ((H' - crop) // 2, (W' - crop) // 2) of the
-  padded size H' x W': a padded side is kept whole, a longer side loses
-  (side - crop) // 2 pixels at the top / left and the rest at the bottom / right.
+
+def _nearest_indices(offset: Tensor, crop: int, in_size: Tensor, out_size: Tensor) -> Tensor:
+  """Source index of output pixels offset..offset+crop-1 of a nearest resize in_size ->
+  out_size (half-pixel centres, as tf.image.resize), clipped into the source."""
+  out = tf.cast(offset + tf.range(crop), tf.float32)
+  # The scale first, in float32, then the product: TensorFlow's rounding, to the bit.
+  scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+  src = tf.floor((out + 0.5) * scale)
+  return tf.clip_by_value(tf.cast(src, tf.int32), 0, in_size - 1)
+
+
+def random_rescale_crop(image: Tensor, label: Tensor, ignore: Optional[Tensor],
+                        seed_rescale: Tensor, seed_crop: Tensor,
+                        scale_range: Sequence[float], crop: int, label_pad: int = 255,
+                        ignore_pad: int = 255) -> Geometric:
+  """`random_rescale` then `random_crop_and_pad`, computing only the cropped window.
+
+  Same random draws and the same output (the image up to float rounding, ~1e-3 on the
+  0..255 scale; labels exactly), but the rescaled image is never materialised: the
+  window is resampled directly from the source rows and columns it reads
+  (`ScaleAndTranslate`, the kernel behind antialiased `tf.image.resize`, with the
+  window's offset as translation), and labels are gathered at their nearest source
+  pixels. At Cityscapes' sizes a 2x rescale would otherwise write a 4096 x 2048 image to
+  keep 769 x 769 of it.
 
   Args:
-    image: (H, W, 3) RGB, uint8 or float, not yet normalised.
-    label: (H, W) label map.
-    crop: side of the square output (513 for VOC).
+    image: (H, W, 3) RGB, uint8 or float.
+    label: (H, W) integer label map.
+    ignore: optional (H, W) mask, or None.
+    seed_rescale: the seed `random_rescale` would get.
+    seed_crop: the seed `random_crop_and_pad` would get.
+    scale_range: (lo, hi) factors of the long side.
+    crop: side of the square output.
     label_pad: label value of padded pixels.
+    ignore_pad: ignore-mask value of padded pixels.
 
   Returns:
-    (image float32 (crop, crop, 3), label (crop, crop)), with static shapes so that
-    validation batches can be formed inside tf.data.
+    (image float32 (crop, crop, 3), label (crop, crop), ignore (crop, crop) or None).
   """
   shape = tf.shape(label)
-  pad_h = tf.maximum(crop - shape[0], 0)
-  pad_w = tf.maximum(crop - shape[1], 0)
-  paddings = [[pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2]]
-  image = tf.pad(_as_float(image), paddings + [[0, 0]], constant_values=0.0)
-  label = tf.pad(label, paddings, constant_values=tf.cast(label_pad, label.dtype))
-  y = (shape[0] + pad_h - crop) // 2
-  x = (shape[1] + pad_w - crop) // 2
+  h, w = shape[0], shape[1]
+  out_h, out_w = _rescaled_size(h, w, seed_rescale, scale_range)
+  y, x = _crop_offsets(tf.maximum(out_h, crop), tf.maximum(out_w, crop), crop, seed_crop)
+  scale_y = tf.cast(out_h, tf.float32) / tf.cast(h, tf.float32)
+  scale_x = tf.cast(out_w, tf.float32) / tf.cast(w, tf.float32)
+  y0, y1 = _source_span(y, crop, scale_y, h)
+  x0, x1 = _source_span(x, crop, scale_x, w)
+  source = _as_float(image)[y0:y1, x0:x1]
+  # Output pixel j of the window is pixel j + offset of the full resize; reading from
+  # source row y0 shifts that by y0 * scale.
+  translation = tf.stack([tf.cast(y0, tf.float32) * scale_y - tf.cast(y, tf.float32),
+                          tf.cast(x0, tf.float32) * scale_x - tf.cast(x, tf.float32)])
+  window = tf.raw_ops.ScaleAndTranslate(
+      images=source[None], size=tf.constant([crop, crop]), scale=tf.stack([scale_y, scale_x]),
+      translation=translation, kernel_type="triangle", antialias=True)[0]
+  # Window pixels past the rescaled image are padding.
+  inside_y = y + tf.range(crop) < out_h
+  inside_x = x + tf.range(crop) < out_w
+  inside = inside_y[:, None] & inside_x[None, :]
+  image = tf.where(inside[..., None], window, 0.0)
+  image.set_shape([crop, crop, 3])
+  rows = _nearest_indices(y, crop, h, out_h)
+  cols = _nearest_indices(x, crop, w, out_w)
 
-  def window(t):
-    t = t[y:y + crop, x:x + crop]
-    t.set_shape([crop, crop] + t.shape[2:])
+  def gather(t, pad):
+    t = tf.gather(tf.gather(t, rows, axis=0), cols, axis=1)
+    t = tf.where(inside, t, tf.cast(pad, t.dtype))
+    t.set_shape([crop, crop])
     return t
 
-  return window(image), window(label)
+  return (image, gather(label, label_pad),
+          None if ignore is None else gather(ignore, ignore_pad))
 
 
 def random_flip(image: Tensor, label: Tensor, ignore: Optional[Tensor],

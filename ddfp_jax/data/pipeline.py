@@ -150,12 +150,12 @@ def _stream(config, source: sources.Source, stream: int, per_device: int, start_
   return ds.batch(local, drop_remainder=True)
 
 
-def _weak(image, label, seed, data, ignore=None):
+def weak_augment(image, label, seed, data, ignore=None):
+  """Random rescale, crop with padding, flip: the weak view of either stream."""
   s_rescale, s_crop, s_flip = augment.split_seed(seed, 3)
-  image, label, ignore = augment.random_rescale(image, label, s_rescale, data.scale_range,
-                                                ignore)
-  image, label, ignore = augment.random_crop_and_pad(
-      image, label, ignore, s_crop, int(data.crop_size), label_pad=int(data.ignore_label))
+  image, label, ignore = augment.random_rescale_crop(
+      image, label, ignore, s_rescale, s_crop, data.scale_range, int(data.crop_size),
+      label_pad=int(data.ignore_label))
   return augment.random_flip(image, label, ignore, s_flip)
 
 
@@ -194,13 +194,13 @@ def train_batches(config, *, start_step: int = 0, process_index: int = 0,
       blur_prob=float(data.blur_prob), blur_sigma=tuple(data.blur_sigma))
 
   def labeled_fn(image, label, seed):
-    image, label, _ = _weak(image, label, seed, data)
+    image, label, _ = weak_augment(image, label, seed, data)
     return augment.normalize(image, mean, std), tf.cast(label, tf.int32)
 
   def unlabeled_fn(image, label, seed):
     s_weak, s_strong = augment.split_seed(seed, 2)
     # As the release, the unlabeled "label" is a zero map that padding turns into 255.
-    image, ignore, _ = _weak(image, tf.zeros_like(label), s_weak, data)
+    image, ignore, _ = weak_augment(image, tf.zeros_like(label), s_weak, data)
     strong = augment.strong_augment(image, s_strong, **strong_kwargs)
     return (augment.normalize(image, mean, std), augment.normalize(strong, mean, std),
             tf.cast(ignore, tf.int32))
