@@ -47,6 +47,8 @@ import sys
 import time
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from ddfp_jax import hostinfo
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # One DDFP step per device: 4 labeled + 4 unlabeled examples (ddfp-algorithm.md, section 2).
@@ -82,30 +84,19 @@ DATASETS: Dict[str, DatasetSpec] = {
 # --- host facts -----------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine() or "unknown"
-
-
 def usable_cpus() -> List[int]:
   return sorted(os.sched_getaffinity(0))
 
 
 def host_slug() -> str:
   """A short file-name tag of this host: CPU model and number of usable CPUs."""
-  slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-") or "cpu"
+  slug = re.sub(r"[^a-z0-9]+", "-", hostinfo.cpu_model().lower()).strip("-") or "cpu"
   return f"{slug}-{len(usable_cpus())}cpu"
 
 
 def host_info() -> Dict[str, object]:
   import tensorflow as tf   # noqa: PLC0415  (late: the one-core worker sets threads first)
-  return {"cpu_model": cpu_model(), "usable_cpus": len(usable_cpus()),
+  return {"cpu_model": hostinfo.cpu_model(), "usable_cpus": len(usable_cpus()),
           "os_cpu_count": os.cpu_count(), "tensorflow": tf.__version__,
           "python": platform.python_version(), "platform": platform.platform()}
 

@@ -19,11 +19,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
+
+from ddfp_jax import hostinfo
 
 METHODS = {
     "supervised only": ["--config.ddfp.semi_supervised=False"],
@@ -34,15 +35,6 @@ _FINAL = re.compile(r"Final \(step (\d+)\): teacher mIoU ([\d.]+), student mIoU 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def run(workdir: str, seed: int, method: str, extra) -> dict:
@@ -132,7 +124,7 @@ def main():
       runs.append(run(args.workdir, seed, method, args.extra))
       print(json.dumps(runs[-1]), flush=True)
   meta = {"seeds": args.seeds, "steps": runs[0]["steps"],
-          "hardware": f"{_cpu_name()}, {os.cpu_count()} cores, CPU only",
+          "hardware": f"{hostinfo.cpu_model()}, {os.cpu_count()} cores, CPU only",
           "date": datetime.date.today().isoformat(), "extra": args.extra}
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "demo_table.json"), "w") as f:
