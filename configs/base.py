@@ -16,10 +16,13 @@ def get_config() -> ml_collections.ConfigDict:
   # run starts, steps_per_epoch = (unlabeled examples) // (global unlabeled batch), as the
   # release's drop_last loader, so an epoch stays one pass whatever the number of devices.
   config.epochs = 0
-  # Where paper and release differ the defaults follow the paper (true EMA teacher in
-  # inference mode, perturbation of v); ddfp.teacher, ddfp.teacher_train_mode and
-  # ddfp.site select the release's behaviour.
-  config.preset = "paper"             # informational: "paper" or "release" switches below
+  # Where paper and release differ the switch defaults follow the paper (true EMA teacher
+  # in inference mode, perturbation of v): ddfp.teacher, ddfp.teacher_train_mode and
+  # ddfp.site. `preset` sets all three at once when the run starts (ddfp_jax/presets.py):
+  # "custom" keeps them as given; "paper" = ema / False / feature; "release" = shared /
+  # True / classifier_input (the released code, for comparison with its numbers). A preset
+  # other than "custom" wins over the three switches (the run logs what it changed).
+  config.preset = "custom"            # "custom" | "paper" | "release"
 
   config.data = data = ml_collections.ConfigDict()
   data.name = "demo"                  # "demo" | "cityscapes" | "pascal" | "pascal_blended"

@@ -21,9 +21,14 @@ the PyTorch release's own log (VOC classic 732, crop 513, 4 GPUs, mixed precisio
 0.81-0.84 s per step, 49200 steps in about 11.5 h. At that rate this cell's 26400 steps
 would take about 5.9-6.2 h in PyTorch.
 
-Backbone: the paper's numbers need an ImageNet-pretrained ResNet-101
-(config.model.pretrained). Importing PyTorch weights is not implemented yet; without
-them the backbone starts from random init and will not reach the paper's numbers.
+Backbone: the paper's numbers need an ImageNet-pretrained ResNet-101:
+--config.model.pretrained=resnet101.pth (the deep-stem file of U2PL / UniMatch / DDFP, or
+its .npz from python -m ddfp_jax.torch_import; README, "PyTorch interop"). Without it the
+backbone starts from random init and will not reach the paper's numbers.
+
+Paper or release: the switches keep the paper's method (EMA teacher in inference mode,
+perturbation of v); --config.preset=release switches to the released code's teacher and
+perturbation site (ddfp_jax/presets.py), for comparison with its numbers.
 """
 from configs import tables
 

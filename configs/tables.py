@@ -5,7 +5,8 @@ configs/pascal_blended_*.py) is one call of `cityscapes`, `pascal` or `pascal_bl
 with the cell's number of labeled images. Everything else is shared: DeepLabV3+ /
 ResNet-101 (deep stem, output stride 16), 4 labeled + 4 unlabeled images per device (the
 paper's 4 GPUs make a global batch of 16 + 16, the batch the base LR belongs to), and the
-base's switches between the paper's and the release's behaviour left at their defaults.
+base's switches between the paper's and the release's behaviour left at their defaults
+(preset "custom" with the paper's values; --config.preset=release for the release's).
 
 Steps are derived when the run starts (config.epochs > 0, total_steps = steps_per_epoch
 = 0): steps_per_epoch = unlabeled images // global unlabeled batch, so an epoch stays one

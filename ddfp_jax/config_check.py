@@ -11,6 +11,7 @@ from typing import Dict, List
 import ml_collections
 
 from configs import base
+from ddfp_jax import presets
 
 
 class ConfigError(ValueError):
@@ -55,6 +56,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "The config cannot be used: " + "; ".join(problems) + ". Every valid key and its "
         "meaning is in configs/base.py; override values on the command line with "
         "--config.KEY=VALUE.")
+  if config.preset not in presets.NAMES:
+    close = difflib.get_close_matches(str(config.preset), presets.NAMES, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(f"preset '{config.preset}' is unknown{hint}: use 'custom' (the "
+                      "ddfp.teacher, ddfp.teacher_train_mode and ddfp.site switches as "
+                      "given), 'paper' or 'release' (see ddfp_jax/presets.py).")
   if config.epochs < 0:
     raise ConfigError(f"epochs ({config.epochs}) must be 0 (use total_steps and "
                       "steps_per_epoch as given) or positive (derive them from the data).")

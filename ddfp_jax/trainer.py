@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from ddfp_jax import builders
+from ddfp_jax import builders, presets
 from ddfp_jax.checkpoint import Checkpointer
 from ddfp_jax.config_check import check_config
 from ddfp_jax.data import pipeline
@@ -98,8 +98,10 @@ def resolve_schedule(config: ml_collections.ConfigDict, num_unlabeled: int,
 
 
 def _ready_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks the config, prepares the data, and resolves the epoch-based schedule."""
+  """Checks the config, applies its preset, prepares the data, and resolves the
+  epoch-based schedule."""
   check_config(config)
+  config = presets.apply_preset(config)
   _prepare_data(config)
   if config.epochs <= 0:
     return config
