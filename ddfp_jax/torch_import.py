@@ -1,8 +1,10 @@
-r"""Import PyTorch weights: ImageNet ResNets and the release's DeepLabV3+ checkpoints.
+r"""Import PyTorch weights: ImageNet ResNets, the release's DeepLabV3+ and its whole checkpoints.
 
   python -m ddfp_jax.torch_import --input resnet101.pth --output resnet101.npz
   python -m ddfp_jax.torch_import --input ckpt_best.pth --output ddfp_teacher.npz \
       --kind segmentation --key teacher_state
+  python -m ddfp_jax.torch_import --input ckpt_best.pth --kind release_checkpoint \
+      --config configs/pascal_732.py --workdir DIR [--config.KEY=VALUE ...]
 
 Two kinds of PyTorch state dict are understood. A `module.` prefix (DistributedDataParallel)
 is dropped; a training checkpoint is opened at `key` (default: the first of `model_state`,
@@ -29,8 +31,23 @@ A converted `.npz` holds the Flax variables flat (`params/backbone/layer1_0/conv
 ...) and loads without PyTorch. `config.model.pretrained` accepts either file: a backbone
 file fills the student's (and so the teacher's) backbone, a segmentation file the whole
 model. PyTorch is imported only to read a `.pth`.
+
+A third kind, release_checkpoint, is a whole training checkpoint of the release (the dict
+its train script saves with torch.save: `model_state` the student, `teacher_state` the
+teacher, `nf_model_state` the flow with its GMM `means`, plus `epoch`, `best_miou` and
+optimiser states, every state dict with DistributedDataParallel's `module.`).
+`import_release_checkpoint` converts student, teacher and flow into a train state of the
+given config and writes it as an orbax checkpoint into `workdir/checkpoints/latest/STEP`,
+so that `python main.py --config ... --workdir DIR --mode eval` scores it. The optimiser
+states are not converted (the train state's are fresh), nor is the release's progress:
+the checkpoint's step is `step` (0 unless given), so training in that workdir starts from
+the imported weights rather than resuming the release's run.
+
+Release checkpoints hold a NumPy float (`best_miou`); loading allows NumPy scalars and
+dtypes besides tensors, and nothing else unless `trust_pickle`.
 """
 import argparse
+import os
 import pickle
 import re
 import sys
@@ -42,10 +59,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddfp_jax.deeplab import DeepLabV3Plus
+from ddfp_jax.flow import flow_params_from_torch
 from ddfp_jax.resnet import RESNET_LAYOUTS, ResNet
 
 PyTree = Any
 KINDS = ("backbone", "segmentation")
+RELEASE_CHECKPOINT = "release_checkpoint"
+# Entries of the release's training checkpoint: student, teacher, flow (with its means).
+RELEASE_ENTRIES = ("model_state", "teacher_state", "nf_model_state")
 _COLLECTIONS = ("params", "batch_stats")
 # Checkpoint entries that hold a model's state dict (U2PL / DDFP save "model_state").
 _CHECKPOINT_KEYS = ("model_state", "state_dict", "model")
@@ -220,13 +241,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], target: PyTree, kind: str,
   return _convert(state_dict, target, kind, source)[0]
 
 
-def read_torch_file(path: str, key: Optional[str] = None,
-                    trust_pickle: bool = False) -> Dict[str, np.ndarray]:
-  """Reads a PyTorch state dict (or the state dict inside a training checkpoint) as NumPy.
-
-  `torch.load` runs with `weights_only=True` unless `trust_pickle`: a checkpoint that
-  pickles other objects is then refused rather than executed.
-  """
+def _import_torch(path: str):
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -234,12 +249,44 @@ def read_torch_file(path: str, key: Optional[str] = None,
         f"reading {path} needs PyTorch (the CPU build is enough). Alternatively convert it "
         f"once where PyTorch is installed: python -m ddfp_jax.torch_import --input {path} "
         f"--output OUT.npz, and use the .npz.") from e
+  return torch
+
+
+def _numpy_scalar_globals():
+  """What unpickling a NumPy scalar needs, under NumPy 2's and NumPy 1's module names
+  (files written with NumPy 1 name `numpy.core.multiarray.scalar`)."""
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    from numpy._core.multiarray import scalar  # pylint: disable=g-import-not-at-top
+  except ImportError:  # NumPy 1
+    from numpy.core.multiarray import scalar  # pylint: disable=g-import-not-at-top
+  return [scalar, (scalar, "numpy.core.multiarray.scalar"),
+          (scalar, "numpy._core.multiarray.scalar"), np.dtype,
+          *{type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32)}]
+
+
+def _torch_load(torch, path: str, trust_pickle: bool):
+  """torch.load on the CPU; tensors, containers and NumPy scalars only unless trusted."""
+  try:
+    if trust_pickle:
+      return torch.load(path, map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+      return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
-    raise ValueError(f"{path} pickles objects other than tensors, which "
+    raise ValueError(f"{path} pickles objects other than tensors and NumPy scalars, which "
                      f"torch.load(weights_only=True) refuses. If the file is trusted, pass "
                      f"trust_pickle=True (--trust_pickle).") from e
+
+
+def read_torch_file(path: str, key: Optional[str] = None,
+                    trust_pickle: bool = False) -> Dict[str, np.ndarray]:
+  """Reads a PyTorch state dict (or the state dict inside a training checkpoint) as NumPy.
+
+  `torch.load` runs with `weights_only=True` (NumPy scalars allowed) unless
+  `trust_pickle`: a checkpoint that pickles other objects is then refused rather than
+  executed.
+  """
+  torch = _import_torch(path)
+  obj = _torch_load(torch, path, trust_pickle)
   if not isinstance(obj, Mapping):
     raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
   if key is not None:
@@ -382,6 +429,162 @@ def load_pretrained_backbone(variables: PyTree, path: str, key: Optional[str] = 
   return _merge(variables, _read(variables, path, key, True, trust_pickle), str(path))
 
 
+def read_torch_checkpoint(path: str, trust_pickle: bool = False) -> Dict[str, Any]:
+  """A whole PyTorch checkpoint: state dicts (entries whose values are all tensors) as
+  NumPy float32 dicts, other entries (epoch, metrics, optimiser states) as loaded."""
+  torch = _import_torch(path)
+  obj = _torch_load(torch, path, trust_pickle)
+  if not isinstance(obj, Mapping):
+    raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+  out = {}
+  for name, value in obj.items():
+    if isinstance(value, Mapping) and value and all(torch.is_tensor(v) for v in value.values()):
+      value = {k: v.detach().cpu().float().numpy() for k, v in value.items()}
+    out[name] = value
+  return out
+
+
+# Keys of the release's flow module (after `module.`): the FrEIA net under `inn.`, the
+# GMM means beside it. A coupling's linear layers, a permutation's fixed index arrays.
+_FLOW_KEY = re.compile(r"(?:inn\.)?module_list\.(\d+)\."
+                       r"(?:subnet[12]\.\d+\.(?:weight|bias)|perm|perm_inv)$")
+
+
+def release_flow_variables(state_dict: Mapping[str, Any], target: PyTree,
+                           source: str = "the flow state dict") -> PyTree:
+  """The release's flow state dict (`nf_model_state`) -> `FeatureDensity` variables.
+
+  Args:
+    state_dict: `inn.module_list.*` (FrEIA's GLOWCouplingBlock / PermuteRandom) and
+      `means` (K, D), with or without `module.`.
+    target: `FeatureDensity` variables ({"params": {"flow", "means"}}) or their shapes.
+    source: how to name the state dict in an error message.
+
+  Raises:
+    StateDictMismatch: for a tensor that is no part of the flow, missing means, or arrays
+      whose shapes differ from `target` (another feature width, subnet width or number of
+      classes).
+  """
+  state_dict = strip_module_prefix(state_dict)
+  unexpected = [k for k in state_dict if k != "means" and not _FLOW_KEY.match(k)]
+  missing = [] if "means" in state_dict else ["means"]
+  if unexpected or missing:
+    raise StateDictMismatch(source, missing, unexpected, [])
+  num_blocks = sum(1 for _ in target["params"]["flow"])
+  try:
+    flow = flow_params_from_torch(state_dict, num_blocks)
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"{source}: {e.args[0] if e.args else e}") from e
+  params = {"flow": flow, "means": np.asarray(state_dict["means"], np.float32)}
+  flat_new = traverse_util.flatten_dict(params)
+  flat_target = traverse_util.flatten_dict(dict(target["params"]))
+  name = "/".join
+  wrong_shape = [f"{name(k)} (file {tuple(v.shape)}, model {tuple(flat_target[k].shape)})"
+                 for k, v in flat_new.items()
+                 if k in flat_target and tuple(v.shape) != tuple(flat_target[k].shape)]
+  missing = [name(k) for k in flat_target if k not in flat_new]
+  if wrong_shape or missing:
+    raise StateDictMismatch(source, missing, [], wrong_shape)
+  return {"params": traverse_util.unflatten_dict(
+      {k: jnp.asarray(v, flat_target[k].dtype) for k, v in flat_new.items()})}
+
+
+def release_train_state(checkpoint: Mapping[str, Any], config, source: str = "the checkpoint"):
+  """A `TrainState` of `config` holding the release checkpoint's student, teacher and flow.
+
+  Everything else (step 0, fresh optimiser states, the RNG key) is what
+  `create_train_state(config, key(config.seed))` gives; `config.model.pretrained` is not
+  read.
+  """
+  from ddfp_jax.state import create_train_state  # pylint: disable=g-import-not-at-top
+  missing = [k for k in RELEASE_ENTRIES if not isinstance(checkpoint.get(k), Mapping)]
+  if missing:
+    raise ValueError(f"{source} is not a training checkpoint of the release: it has no "
+                     f"{', '.join(missing)} (its entries: {sorted(map(str, checkpoint))}). "
+                     f"A state dict of one model converts with --kind segmentation.")
+  config = config.copy_and_resolve_references()
+  config.model.pretrained = None
+  key = jax.random.key(config.seed)
+  # Shapes first (no compilation), so that a checkpoint that does not fit fails at once.
+  shapes = jax.eval_shape(lambda k: create_train_state(config, k), key)
+  models = {}
+  for entry in ("model_state", "teacher_state"):
+    target = {"params": shapes.params, "batch_stats": shapes.batch_stats}
+    converted = convert_state_dict(checkpoint[entry], target, "segmentation",
+                                   f"{source} [{entry}]")
+    models[entry] = jax.tree.map(lambda v, t: jnp.asarray(v, t.dtype), converted, target)
+  flow = release_flow_variables(checkpoint["nf_model_state"], shapes.flow_params,
+                                f"{source} [nf_model_state]")
+  state = create_train_state(config, key)
+  return state.replace(
+      params=models["model_state"]["params"],
+      batch_stats=models["model_state"]["batch_stats"],
+      teacher_params=models["teacher_state"]["params"],
+      teacher_batch_stats=models["teacher_state"]["batch_stats"],
+      flow_params=flow)
+
+
+def import_release_checkpoint(path: str, config, workdir: str, step: int = 0,
+                              trust_pickle: bool = False) -> str:
+  """Converts the release's training checkpoint at `path` into an orbax checkpoint of
+  `config`'s train state in `workdir/checkpoints/latest/step` (see the module docstring);
+  returns a report.
+
+  Raises:
+    ValueError: if the file is not a release checkpoint, `workdir` already holds
+      checkpoints, or (StateDictMismatch) the checkpoint does not fit `config`'s model or
+      flow.
+  """
+  from ddfp_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  path = str(path)
+  if step < 0:
+    raise ValueError(f"step must be >= 0, got {step}")
+  ckpt_dir = os.path.join(str(workdir), "checkpoints")
+  checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
+  try:
+    if checkpointer.latest_step() is not None:
+      raise ValueError(f"{ckpt_dir} already holds checkpoints (latest step "
+                       f"{checkpointer.latest_step()}); import into an empty workdir.")
+    checkpoint = read_torch_checkpoint(path, trust_pickle)
+    state = release_train_state(checkpoint, config, path)
+    state = state.replace(step=jnp.asarray(step, state.step.dtype))
+    checkpointer.save(step, state, force=True)
+    checkpointer.wait()
+  finally:
+    checkpointer.close()
+  arch = infer_architecture(strip_module_prefix(checkpoint["model_state"]), "segmentation")
+  means = strip_module_prefix(checkpoint["nf_model_state"])["means"]
+  progress = ", ".join(f"{k} {checkpoint[k]}" for k in ("epoch", "best_miou")
+                       if k in checkpoint and np.ndim(checkpoint[k]) == 0)
+  return (f"{path}: {_describe(arch, 'segmentation')}, student and teacher, and a flow of "
+          f"{sum(1 for _ in state.flow_params['params']['flow'])} coupling blocks with "
+          f"{means.shape[0]} GMM means of dimension {means.shape[1]}"
+          + (f" ({progress})" if progress else "") + f" -> {ckpt_dir}/latest/{step} "
+          f"(optimiser states fresh).")
+
+
+def load_config(config_file: str, overrides: Sequence[str] = ()):
+  """A config file with `--config.KEY=VALUE` overrides, parsed as main.py parses them."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  bad = [a for a in overrides if not a.startswith("--config.")]
+  if bad:
+    raise ValueError(f"unrecognised arguments: {' '.join(bad)}")
+  argv = ["torch_import", f"--config={config_file}", *overrides]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  try:
+    values(argv)
+    config = values.config
+    config.keys()  # loading is lazy: a missing file fails here
+  except (flags.Error, OSError, SyntaxError, AttributeError, ImportError, KeyError,
+          TypeError) as e:
+    reason = " ".join(str(e).split())
+    raise ValueError(f"the config cannot be loaded ({reason})") from e
+  return config
+
+
 def _describe(arch: Mapping[str, Any], kind: str) -> str:
   width = "" if arch["width"] == 1.0 else f" (width x{arch['width']:g})"
   resnet = (f"{'deep-stem' if arch['deep_stem'] else 'plain-stem'} "
@@ -431,19 +634,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m ddfp_jax.torch_import",
       description="Convert PyTorch ResNet / DeepLabV3+ weights into an .npz for "
-                  "config.model.pretrained.")
+                  "config.model.pretrained, or the release's training checkpoint into a "
+                  "checkpoint that main.py --mode eval scores. Further --config.KEY=VALUE "
+                  "arguments override the config, as on main.py.")
   parser.add_argument("--input", required=True, help="PyTorch file (.pth / .pt).")
-  parser.add_argument("--output", required=True, help="Where to write the .npz.")
-  parser.add_argument("--kind", choices=KINDS, default=None,
-                      help="What the file holds (default: detected). 'backbone' on a "
-                           "segmentation file converts only its encoder.")
+  parser.add_argument("--output", default=None,
+                      help="Where to write the .npz (kinds backbone and segmentation).")
+  parser.add_argument("--kind", choices=KINDS + (RELEASE_CHECKPOINT,), default=None,
+                      help="What the file holds (default: detected among backbone and "
+                           "segmentation). 'backbone' on a segmentation file converts only "
+                           "its encoder; 'release_checkpoint' converts the student, teacher "
+                           "and flow of the release's ckpt.pth into --workdir.")
   parser.add_argument("--key", default=None,
                       help="Checkpoint entry holding the state dict, e.g. teacher_state "
                            "(default: model_state, state_dict or model).")
+  parser.add_argument("--config", default=None,
+                      help="release_checkpoint: the config file the checkpoint will be "
+                           "evaluated (or trained further) with.")
+  parser.add_argument("--workdir", default=None,
+                      help="release_checkpoint: the run directory to write "
+                           "checkpoints/latest/STEP into (must hold no checkpoint yet).")
+  parser.add_argument("--step", type=int, default=0,
+                      help="release_checkpoint: the step to store the state under.")
   parser.add_argument("--trust_pickle", action="store_true",
                       help="Let torch.load unpickle arbitrary objects.")
-  args = parser.parse_args(argv)
+  args, rest = parser.parse_known_args(argv)
   try:
+    if args.kind == RELEASE_CHECKPOINT:
+      if not args.config or not args.workdir:
+        parser.error("--kind release_checkpoint needs --config and --workdir")
+      from ddfp_jax.config_check import check_config  # pylint: disable=g-import-not-at-top
+      config = load_config(args.config, rest)
+      check_config(config)
+      print(import_release_checkpoint(args.input, config, args.workdir, args.step,
+                                      args.trust_pickle))
+      print("Score it with: python main.py " + " ".join(
+          [f"--config {args.config}", f"--workdir {args.workdir}", "--mode eval", *rest]))
+      return 0
+    if rest:
+      parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    if not args.output:
+      parser.error("--output is required (except with --kind release_checkpoint)")
     print(convert_file(args.input, args.output, args.kind, args.key, args.trust_pickle))
   except (ValueError, KeyError, ImportError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
