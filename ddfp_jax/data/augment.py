@@ -218,6 +218,46 @@ def random_rescale_crop(image: Tensor, label: Tensor, ignore: Optional[Tensor],
           None if ignore is None else gather(ignore, ignore_pad))
 
 
+def center_crop_and_pad(image: Tensor, label: Tensor, crop: int,
+                        label_pad: int = 255) -> Tuple[Tensor, Tensor]:
+  """VOC validation view: pad to at least `crop` x `crop`, then take the central window.
+
+  As the release's validation transform (`crop_center`): a side shorter than `crop` is
+  padded by p = crop - side, p // 2 before it (top / left) and the rest after it
+  (bottom / right), so the image stays centred, unlike the training crop's bottom/right
+  padding. The image is padded with 0 on the raw 0..255 scale, i.e. before `normalize`
+  (the network sees -mean / std there), the label with `label_pad` so that padding is
+  never scored. Then the window starts at ((H' - crop) // 2, (W' - crop) // 2) of the
+  padded size H' x W': a padded side is kept whole, a longer side loses
+  (side - crop) // 2 pixels at the top / left and the rest at the bottom / right.
+
+  Args:
+    image: (H, W, 3) RGB, uint8 or float, not yet normalised.
+    label: (H, W) label map.
+    crop: side of the square output (513 for VOC).
+    label_pad: label value of padded pixels.
+
+  Returns:
+    (image float32 (crop, crop, 3), label (crop, crop)), with static shapes so that
+    validation batches can be formed inside tf.data.
+  """
+  shape = tf.shape(label)
+  pad_h = tf.maximum(crop - shape[0], 0)
+  pad_w = tf.maximum(crop - shape[1], 0)
+  paddings = [[pad_h // 2, pad_h - pad_h // 2], [pad_w // 2, pad_w - pad_w // 2]]
+  image = tf.pad(_as_float(image), paddings + [[0, 0]], constant_values=0.0)
+  label = tf.pad(label, paddings, constant_values=tf.cast(label_pad, label.dtype))
+  y = (shape[0] + pad_h - crop) // 2
+  x = (shape[1] + pad_w - crop) // 2
+
+  def window(t):
+    t = t[y:y + crop, x:x + crop]
+    t.set_shape([crop, crop] + t.shape[2:])
+    return t
+
+  return window(image), window(label)
+
+
 def random_flip(image: Tensor, label: Tensor, ignore: Optional[Tensor],
                 seed: Tensor) -> Geometric:
   """Flips image, label and ignore left-right together with probability 0.5."""
