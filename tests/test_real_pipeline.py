@@ -169,6 +169,7 @@ def test_centre_crop_evaluation_batches(voc_download, tfds_dir):
   root, _, fine, _ = voc_download
   config = _config("pascal", root, tfds_dir, num_labeled=2, eval_protocol="center_crop",
                    eval_crop=36)
+  pipeline.prepare(config)
   batches = list(pipeline.eval_batches(config, local_device_count=1))
   assert len(batches) == 1 and batches[0]["image"].shape == (1, 2, 36, 36, 3)
   label = batches[0]["label"][0, 0]

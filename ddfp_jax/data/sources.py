@@ -97,7 +97,7 @@ def _not_prepared(config, missing: Sequence[str]) -> DatasetError:
       f"config.data.name={config.data.name!r} needs the prepared TFDS files of "
       f"{' and '.join(missing)} in {data_dir}, and they are not there. Prepare them once "
       f"with {commands}, where DIR holds the extracted download, or pass "
-      "--config.data.manual_dir=DIR to prepare them on first use. DIR must hold "
+      "--config.data.manual_dir=DIR to prepare them on first use. Expected in DIR: "
       f"{entry.expected_layout}. {entry.how_to_get}")
 
 
