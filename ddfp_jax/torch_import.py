@@ -269,7 +269,10 @@ def _torch_load(torch, path: str, trust_pickle: bool):
   try:
     if trust_pickle:
       return torch.load(path, map_location="cpu", weights_only=False)
-    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # PyTorch < 2.5: tensors only
+      return torch.load(path, map_location="cpu", weights_only=True)
+    with safe_globals(_numpy_scalar_globals()):
       return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     raise ValueError(f"{path} pickles objects other than tensors and NumPy scalars, which "
