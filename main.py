@@ -7,10 +7,20 @@ r"""Train or evaluate DDFP.
 The config file is locked: `--config.KEY=VALUE` may only override keys that exist.
 On several hosts, run the same command on every host; JAX's distributed runtime is set
 up from the environment (SLURM, Cloud TPU) or from --coordinator/--num_processes/
---process_id.
+--process_id (launch/ has a script per target).
+
+A multi-process run never waits forever: a process that cannot reach the others within
+--distributed_timeout seconds stops with one paragraph; once running, a process whose
+peer dies stops with one paragraph as soon as a collective with it fails, unless JAX's
+distributed runtime ends it first with its own message (it does when the coordinator,
+process 0, dies, or after --heartbeat_timeout seconds without a heartbeat from a peer).
+Every error exits non-zero; the last complete checkpoint is left as it was.
 """
 import os
+import re
 import sys
+import threading
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -27,16 +37,126 @@ flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-proc
                     "outside SLURM / Cloud TPU.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool("distributed", False, "Join a multi-process run whose coordinator and "
+                  "process ids JAX finds in the environment: Cloud TPU VM pod slices (the "
+                  "TPU metadata), SLURM, Open MPI. Implied inside a SLURM job step with "
+                  "several tasks and when JAX_COORDINATOR_ADDRESS or TPU_WORKER_HOSTNAMES is "
+                  "set.")
+flags.DEFINE_integer("distributed_timeout", 300, "Seconds a process of a multi-process run "
+                     "waits for all the others to join before it stops with an error.")
+flags.DEFINE_integer("heartbeat_timeout", 100, "Seconds without a heartbeat after which a "
+                     "process of a multi-process run counts as dead and the others stop.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+# Extra seconds JAX's own connection timeout gets over --distributed_timeout, so that the
+# watchdog below, which prints a readable paragraph, always fires first.
+_JAX_TIMEOUT_MARGIN = 60
+# Messages of the errors a collective or the distributed runtime raises when a peer process
+# is gone or unreachable (gloo on CPU, NCCL on GPU, the coordination service).
+_PEER_LOST = re.compile(
+    r"gloo|nccl|connection (reset|closed|refused)|broken pipe|socket closed|heartbeat|"
+    r"unavailable|deadline.?exceeded|coordination.?service|barrier|preempt", re.IGNORECASE)
+
+
+def _cluster_environment() -> bool:
+  """Whether the environment describes a multi-process job JAX can set itself up from."""
+  env = os.environ
+  if "JAX_COORDINATOR_ADDRESS" in env or "TPU_WORKER_HOSTNAMES" in env:
+    return True
+  # Under SLURM only inside an srun step with several tasks: a one-task job, or
+  # `python main.py` typed in an salloc shell, is a plain single-process run.
+  return "SLURM_STEP_NODELIST" in env and int(env.get("SLURM_NTASKS", "1")) > 1
+
+
+def _fail(code: int, message: str) -> None:
+  """Prints one paragraph and exits with `code`.
+
+  In a multi-process run the exit is immediate (no interpreter shutdown): the normal exit
+  would wait at JAX's shutdown barrier for peers that are gone or blocked in a collective
+  with this process; exiting at once makes their collectives fail, so they stop too.
+  """
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.distributed.is_initialized():
+    sys.stdout.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)
+
+
 def _initialize_distributed():
+  """Joins the multi-process run described by the flags or the environment, if any."""
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.coordinator:
-    jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-  elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
-                                     "JAX_COORDINATOR_ADDRESS")):
-    jax.distributed.initialize()
+    if FLAGS.num_processes is None or FLAGS.process_id is None:
+      print("error: --coordinator needs --num_processes and --process_id too (the same "
+            "--coordinator and --num_processes on every process, --process_id 0 to N-1).",
+            file=sys.stderr, flush=True)
+      sys.exit(2)
+    args = (FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    who = (f"process {FLAGS.process_id} of {FLAGS.num_processes} (coordinator "
+           f"{FLAGS.coordinator})")
+  elif FLAGS.distributed or _cluster_environment():
+    args = ()
+    who = "this process (coordinator and process id from the SLURM / Cloud TPU environment)"
+  else:
+    return
+  timeout = FLAGS.distributed_timeout
+
+  def give_up():
+    print(f"error: {who} could not join the multi-process run: not every process reached "
+          f"the coordinator within {timeout} s. Start all processes with the same "
+          "--coordinator and --num_processes and distinct --process_id values from 0 (or in "
+          "the same SLURM job step / on every TPU worker), make sure process 0 is running and "
+          "its port is free and reachable from this host (firewall, proxy variables), or "
+          "allow more time with --distributed_timeout. Nothing was written.",
+          file=sys.stderr, flush=True)
+    os._exit(1)  # pylint: disable=protected-access
+
+  watchdog = threading.Timer(timeout, give_up)
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(*args, initialization_timeout=timeout + _JAX_TIMEOUT_MARGIN,
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
+  except (ValueError, TypeError, RuntimeError) as e:
+    watchdog.cancel()
+    reason = " ".join(str(e).split())
+    print(f"error: the multi-process run cannot be set up ({reason}). Pass --coordinator "
+          "HOST:PORT --num_processes N --process_id I on every process, or run inside a "
+          "SLURM job step (srun) or on a Cloud TPU VM.", file=sys.stderr, flush=True)
+    sys.exit(2)
+  watchdog.cancel()
+
+
+def _latest_checkpoint(workdir: str):
+  """The newest complete step under workdir/checkpoints/latest (no orbax needed)."""
+  try:
+    steps = [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints", "latest"))
+             if n.isdigit()]
+  except OSError:
+    return None
+  return max(steps, default=None)
+
+
+def _process_failed(error: BaseException, workdir: str) -> None:
+  """One paragraph for an error in a multi-process run, then an immediate exit."""
+  import jax  # pylint: disable=g-import-not-at-top
+  me = f"process {jax.process_index()} of {jax.process_count()}"
+  step = _latest_checkpoint(workdir)
+  resume = (f"The last complete checkpoint, step {step}, is intact in "
+            f"{os.path.join(workdir, 'checkpoints', 'latest')}; start every process again "
+            "with the same command to resume from it." if step is not None else
+            "No checkpoint had been written yet; starting again begins at step 0.")
+  reason = " ".join(str(error).split())[:400]
+  if _PEER_LOST.search(str(error)):
+    _fail(1, f"{me} stopped: another process of the run is gone or unreachable, so the "
+          f"collective operations cannot continue ({type(error).__name__}: {reason}). The "
+          "process that failed first has the cause in its own log (or was killed: out of "
+          f"memory, preemption, a time limit). {resume}")
+  traceback.print_exc()
+  _fail(1, f"{me} failed with {type(error).__name__}: {reason} (traceback above). It "
+        f"stops now so that the other processes stop too instead of waiting for it. {resume}")
 
 
 def _quiet_checkpoint_logs():
@@ -77,9 +197,17 @@ def main(argv):
       trainer.train_and_evaluate(config, FLAGS.workdir)
     else:
       trainer.evaluate_checkpoint(config, FLAGS.workdir)
-  except (ConfigError, DatasetError, trainer.NonFiniteError, FileNotFoundError) as e:
+  except (ConfigError, trainer.NonFiniteError) as e:
+    # Every process meets these at the same point: a normal exit, together.
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
+  except (DatasetError, FileNotFoundError) as e:
+    # May concern one host only (its data directory): in a multi-process run, exit at once.
+    _fail(1, str(e))
+  except Exception as e:  # pylint: disable=broad-except
+    if jax.process_count() == 1:
+      raise
+    _process_failed(e, FLAGS.workdir)
 
 
 def _parse_flags(argv):

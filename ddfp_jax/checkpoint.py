@@ -15,15 +15,27 @@ namedtuples such as optax states become dicts keyed by field name), so a checkpo
 read without the classes that wrote it and restored into any structure with the same
 state dict.
 
-Multi-process runs: every process must call `save`, `save_best` and `restore` with the
-same arguments (the metric included: use a psum-ed one). Orbax synchronises the processes,
-lets each write the array shards it owns and lets process 0 write the metadata.
+Multi-process runs (several hosts, or several processes on one host): the directory must
+be shared by all processes (a network file system, a bucket, or the local disk when they
+run on one machine), and every process must call `save`, `save_best` and `restore` with
+the same arguments (the metric included: use a psum-ed one). The train state is replicated
+on every device, but in each process it is a host-local array (what `pmap` returns), which
+orbax cannot save from several processes; `save` therefore first views each such leaf as
+one global array replicated over all devices of all processes (built from the copies the
+processes already hold, without communication). Orbax then synchronises the processes,
+writes each array once (not once per process) and lets process 0 write the metadata, so
+the files are the same as a single-process run's and a checkpoint can be resumed with any
+number of processes and devices. `restore` reads the whole state in every process, into
+the target's placement (host-local arrays, as the trainer needs them).
 """
 import math
 import os
 from typing import Any, Optional
 
 import flax.serialization
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 _BEST_MODES = ("max", "min")
@@ -174,9 +186,28 @@ class Checkpointer:
 
 
 def _to_tree(state: Any) -> Any:
-  return flax.serialization.to_state_dict(state)
+  tree = flax.serialization.to_state_dict(state)
+  if jax.process_count() > 1:
+    tree = _globally_replicated(tree)
+  return tree
+
+
+def _globally_replicated(tree: Any) -> Any:
+  """Host-local jax arrays (identical in every process) as global replicated arrays."""
+  # Devices grouped by process, as host_local_array_to_global_array requires.
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("replica",))
+
+  def convert(leaf):
+    if isinstance(leaf, jax.Array) and leaf.is_fully_addressable:
+      return multihost_utils.host_local_array_to_global_array(
+          leaf, mesh, jax.sharding.PartitionSpec())
+    return leaf   # numpy arrays and scalars: orbax writes them from process 0
+  return jax.tree.map(convert, tree)
 
 
 def _restore(manager: ocp.CheckpointManager, step: int, target_state: Any) -> Any:
-  restored = manager.restore(step, args=ocp.args.StandardRestore(_to_tree(target_state)))
+  # The target as it is (not made global): leaves come back placed like its leaves.
+  target = flax.serialization.to_state_dict(target_state)
+  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
   return flax.serialization.from_state_dict(target_state, restored)

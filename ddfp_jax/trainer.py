@@ -146,7 +146,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   config = _ready_config(config)
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  # Only process 0 writes metrics (TensorBoard files and log lines): every metric is
+  # already a mean over the global batch, the same in all processes.
+  writer = (metric_writers.create_default_writer(workdir) if is_chief
+            else metric_writers.MultiWriter([]))
   total = config.total_steps
 
   state = create_train_state(config, jax.random.key(config.seed))
@@ -189,6 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     if done % config.train.log_every == 0 or done == stop:
       averaged = _average(history)
       writer.write_scalars(done, {f"train/{k}": v for k, v in averaged.items()})
+      writer.flush()   # on disk now: a process that is killed keeps its curves
       history = []
     at_eval = done % config.train.eval_every == 0 or done == total
     at_checkpoint = done % config.train.checkpoint_every == 0 or done == stop
