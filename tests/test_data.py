@@ -10,6 +10,7 @@ from configs import base
 from ddfp_jax.data import augment
 from ddfp_jax.data import demo
 from ddfp_jax.data import pipeline
+from ddfp_jax.data import sources
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -407,7 +408,7 @@ def _eval_ids(batches, images):
 
 
 def test_eval_covers_every_example_once(config):
-  images, labels = pipeline.load_split_arrays(config, "validation")
+  images, labels = sources.demo_arrays(config, "validation")
   normalised = (images.astype(np.float32) - np.array(MEAN, np.float32)) / np.array(
       STD, np.float32)
   assert pipeline.num_eval_examples(config, "validation") == 11

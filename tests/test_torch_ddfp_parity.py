@@ -42,25 +42,6 @@ EPS = 4.0
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _rel_err(ours, theirs):
-  ours = np.asarray(ours, np.float64)
-  theirs = np.asarray(theirs, np.float64)
-  assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
-  return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
-
-
-def _nhwc(t):
-  return t.detach().numpy().transpose(0, 2, 3, 1)
-
-
-def _nchw(x):
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-
-
-def _numpy_state_dict(module):
-  return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
-
-
 class ReleaseFlow(torch.nn.Module):
   """The release's flow module: FrEIA couplings under `inn`, the GMM `means` beside."""
 
@@ -111,7 +92,7 @@ def _density_variables(flow, num_classes):
                            hidden=flow.inn.module_list[0].subnet1[0].out_features)
   dim = flow.means.shape[1]
   shapes = jax.eval_shape(lambda: density.init(jax.random.key(0), jnp.zeros((2, dim))))
-  ddp = {"module." + k: v for k, v in _numpy_state_dict(flow).items()}
+  ddp = {"module." + k: v for k, v in ref.numpy_state_dict(flow).items()}
   return density, torch_import.release_flow_variables(ddp, shapes)
 
 
@@ -144,14 +125,14 @@ def tiny_models():
                         dropout_rate=0.0)
   image = jax.ShapeDtypeStruct((1, 40, 40, 3), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, False), image)
-  variables = torch_import.convert_state_dict(_numpy_state_dict(torch_model), shapes,
+  variables = torch_import.convert_state_dict(ref.numpy_state_dict(torch_model), shapes,
                                               "segmentation")
   flow = ReleaseFlow(dim=32, hidden=32, num_classes=NUM_CLASSES, seed=2)
   density, density_vars = _density_variables(flow, NUM_CLASSES)
   rs = np.random.RandomState(3)
   x = rs.randn(2, 40, 40, 3).astype(np.float32)
   with torch.no_grad():
-    u = torch_model.encode(_nchw(x))
+    u = torch_model.encode(ref.nchw(x))
     v = torch_model.features(u)
   confident = rs.rand(2, *u.shape[2:]) < 0.4
   return dict(torch_model=torch_model, model=model, variables=variables, flow=flow,
@@ -175,17 +156,17 @@ def test_density_descending_delta_matches_torch_autograd(tiny_models, site):
     x = m["v"]
     to_features_ref = lambda t: t
     to_features = lambda t: t
-  delta_ref = _nhwc(_torch_delta(m["flow"], x, to_features_ref, confident))
+  delta_ref = ref.nhwc(_torch_delta(m["flow"], x, to_features_ref, confident))
 
   log_density = lambda f: m["density"].apply(m["density_vars"], f, method="log_prob")
   to_logits = lambda f: m["model"].apply(m["variables"], f, method="classify")
   site_ = PerturbationSite(to_features, to_logits, log_density, jnp.asarray(m["confident"]))
-  x_np = _nhwc(x)
+  x_np = ref.nhwc(x)
   perturbed = jax.jit(lambda x: perturb(x, site_, PerturbationConfig(eps=EPS),
                                         jax.random.key(0)))(x_np)
   delta = np.asarray(perturbed) - x_np
 
-  err = _rel_err(delta, delta_ref)
+  err = ref.rel_err(delta, delta_ref)
   assert err <= TOL, err
   norms = np.linalg.norm(delta_ref, axis=-1)
   if site == "classifier_input":   # batch statistics reach every pixel
@@ -196,7 +177,7 @@ def test_density_descending_delta_matches_torch_autograd(tiny_models, site):
   # The direction really descends the density (a sign error would pass the norm checks).
   with torch.no_grad():
     before = _torch_nll(m["flow"], to_features_ref(x), confident)
-    after = _torch_nll(m["flow"], to_features_ref(x + 0.01 * _nchw(delta)), confident)
+    after = _torch_nll(m["flow"], to_features_ref(x + 0.01 * ref.nchw(delta)), confident)
   assert after > before
 
 
@@ -239,8 +220,8 @@ def test_ddfp_loss_matches_torch():
 
   # PyTorch: teacher pseudo labels (train mode on [labeled, unlabeled] for the release,
   # inference on the unlabeled images for the paper).
-  x_l, y_l = _nchw(whole["labeled_image"]), torch.from_numpy(whole["labeled_label"]).long()
-  x_u, x_s = _nchw(whole["unlabeled_weak"]), _nchw(whole["unlabeled_strong"])
+  x_l, y_l = ref.nchw(whole["labeled_image"]), torch.from_numpy(whole["labeled_label"]).long()
+  x_u, x_s = ref.nchw(whole["unlabeled_weak"]), ref.nchw(whole["unlabeled_strong"])
   ignore = torch.from_numpy(whole["unlabeled_ignore"])
   n_l, size = x_l.shape[0], y_l.shape[1:]
   up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=True)
@@ -283,7 +264,7 @@ def test_ddfp_loss_matches_torch():
   # Ours: the same weights in the train state, one step in the perturbation phase.
   state = create_train_state(config, jax.random.key(0))
   convert = lambda module: torch_import.convert_state_dict(
-      _numpy_state_dict(module), {"params": state.params, "batch_stats": state.batch_stats},
+      ref.numpy_state_dict(module), {"params": state.params, "batch_stats": state.batch_stats},
       "segmentation")
   s_vars, t_vars = convert(student), convert(teacher)
   _, flow_vars = _density_variables(flow, k)
@@ -297,7 +278,7 @@ def test_ddfp_loss_matches_torch():
   assert float(metrics["confident_fraction"]) == pytest.approx(
       float(keep.float().sum()) / real.sum(), abs=1e-6)
   for name, value in expected.items():
-    err = _rel_err(metrics[name], value.item())
+    err = ref.rel_err(metrics[name], value.item())
     assert err <= TOL, (name, err)
   assert 0 < float(metrics["loss_feature"])
 
@@ -384,12 +365,12 @@ def test_release_checkpoint_imports_and_evaluates(tmp_path, capsys):
   with torch.no_grad():
     for ours, theirs in (((state.params, state.batch_stats), student),
                          ((state.teacher_params, state.teacher_batch_stats), teacher)):
-      assert _rel_err(apply(*ours, x), _nhwc(theirs(_nchw(x)))) <= TOL
+      assert ref.rel_err(apply(*ours, x), ref.nhwc(theirs(ref.nchw(x)))) <= TOL
     v = np.random.RandomState(25).randn(300, 16).astype(np.float32)
     log_p_ref = flow.log_density(torch.from_numpy(v)).numpy()
   density = builders.build_density(config)
   log_p = jax.jit(lambda p, v: density.apply(p, v, method="log_prob"))(state.flow_params, v)
-  assert _rel_err(log_p, log_p_ref) <= TOL
+  assert ref.rel_err(log_p, log_p_ref) <= TOL
   assert int(state.step) == 0
 
   results = trainer.evaluate_checkpoint(config, str(workdir))

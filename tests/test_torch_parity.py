@@ -39,25 +39,6 @@ RATES = (1, 2, 3)
 IMAGE_SHAPE = (2, 57, 41, 3)
 
 
-def _rel_err(ours, theirs):
-  ours = np.asarray(ours, np.float64)
-  theirs = np.asarray(theirs, np.float64)
-  assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
-  return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
-
-
-def _nhwc(t):
-  return t.detach().numpy().transpose(0, 2, 3, 1)
-
-
-def _nchw(x):
-  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
-
-
-def _numpy_state_dict(module):
-  return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
-
-
 def _image(shape=IMAGE_SHAPE, seed=0):
   return np.random.RandomState(seed).randn(*shape).astype(np.float32)
 
@@ -81,7 +62,7 @@ def segmentation():
                                                  rates=RATES, dropout=0.0), seed=1).eval()
   model = DeepLabV3Plus(num_classes=NUM_CLASSES, depth=18, width=1 / 8, aspp_rates=RATES,
                         dropout_rate=0.0)
-  state_dict = _numpy_state_dict(torch_model)
+  state_dict = ref.numpy_state_dict(torch_model)
   assert "decoder.classifier.1.aux_bn.running_var" in state_dict
   assert "encoder.conv1.6.weight" in state_dict and "decoder.aspp.conv1.1.weight" in state_dict
   variables = torch_import.convert_state_dict(state_dict, _shapes(model), "segmentation")
@@ -92,7 +73,7 @@ def test_segmentation_model_matches_in_inference(segmentation):
   torch_model, model, variables = segmentation
   x = _image()
   with torch.no_grad():
-    u_ref = torch_model.encode(_nchw(x))
+    u_ref = torch_model.encode(ref.nchw(x))
     v_clean_ref = torch_model.features(u_ref, perturbed=False)
     v_pert_ref = torch_model.features(u_ref, perturbed=True)
     logits_ref = torch_model.classify(v_clean_ref)
@@ -104,9 +85,9 @@ def test_segmentation_model_matches_in_inference(segmentation):
   assert logits.shape == (2, 15, 11, NUM_CLASSES)
   for ours, theirs in ((u, u_ref), (v_clean, v_clean_ref), (v_pert, v_pert_ref),
                        (logits, logits_ref)):
-    assert _rel_err(ours, _nhwc(theirs)) <= TOL
+    assert ref.rel_err(ours, ref.nhwc(theirs)) <= TOL
   # The auxiliary BatchNorm really is a different set of weights.
-  assert _rel_err(v_pert, _nhwc(v_clean_ref)) > 0.1
+  assert ref.rel_err(v_pert, ref.nhwc(v_clean_ref)) > 0.1
 
 
 def _record_batch_sizes(torch_model):
@@ -123,7 +104,7 @@ def _record_batch_sizes(torch_model):
 
 def _compare_running_stats(new_stats, torch_model, old_state, sizes, kind="segmentation"):
   """Max relative error of every running mean / variance (variance per the biased rule)."""
-  new_state = _numpy_state_dict(torch_model)
+  new_state = ref.numpy_state_dict(torch_model)
   worst = 0.0
   for key, ours in traverse_util.flatten_dict(new_stats).items():
     name = torch_import.torch_name("batch_stats", key, kind)
@@ -136,7 +117,7 @@ def _compare_running_stats(new_stats, torch_model, old_state, sizes, kind="segme
       assert not np.allclose(theirs, old), name  # the statistics did move
     else:
       np.testing.assert_array_equal(theirs, old)
-    worst = max(worst, _rel_err(ours, theirs))
+    worst = max(worst, ref.rel_err(ours, theirs))
   return worst
 
 
@@ -144,13 +125,13 @@ def test_training_mode_batchnorm_matches(segmentation):
   torch_model, model, variables = segmentation
   torch_model = copy.deepcopy(torch_model).train()  # dropout is 0: only BN changes
   x = _image(seed=1)
-  old_state = _numpy_state_dict(torch_model)
+  old_state = ref.numpy_state_dict(torch_model)
   sizes, handles = _record_batch_sizes(torch_model)
   with torch.no_grad():
-    logits_ref = torch_model(_nchw(x))
+    logits_ref = torch_model(ref.nchw(x))
   logits, updates = jax.jit(lambda v, x: model.apply(v, x, True, mutable=["batch_stats"]))(
       variables, x)
-  assert _rel_err(logits, _nhwc(logits_ref)) <= TOL
+  assert ref.rel_err(logits, ref.nhwc(logits_ref)) <= TOL
   assert sizes["decoder.aspp.conv1.2"] == 2  # pooled branch: n / (n - 1) = 2
   assert "decoder.classifier.1.aux_bn" not in sizes
   assert _compare_running_stats(updates["batch_stats"], torch_model, old_state, sizes) <= TOL
@@ -164,15 +145,15 @@ def test_training_mode_auxiliary_batchnorm_matches(segmentation):
   torch_model, model, variables = segmentation
   torch_model = copy.deepcopy(torch_model).train()
   u = np.random.RandomState(2).randn(2, 15, 11, 38).astype(np.float32)
-  old_state = _numpy_state_dict(torch_model)
+  old_state = ref.numpy_state_dict(torch_model)
   sizes, handles = _record_batch_sizes(torch_model)
   with torch.no_grad():
-    v_ref = torch_model.features(_nchw(u), perturbed=True)
+    v_ref = torch_model.features(ref.nchw(u), perturbed=True)
   for h in handles:
     h.remove()
   v, updates = jax.jit(lambda v, u: model.apply(v, u, True, True, method="features",
                                                 mutable=["batch_stats"]))(variables, u)
-  assert _rel_err(v, _nhwc(v_ref)) <= TOL
+  assert ref.rel_err(v, ref.nhwc(v_ref)) <= TOL
   assert sorted(sizes) == ["decoder.classifier.1.aux_bn", "decoder.classifier.5.aux_bn"]
   assert _compare_running_stats(updates["batch_stats"], torch_model, old_state, sizes) <= TOL
 
@@ -180,7 +161,7 @@ def test_training_mode_auxiliary_batchnorm_matches(segmentation):
 def test_torchvision_layout_backbone_matches():
   torch.manual_seed(0)
   torch_net = ref.randomize_(ref.ResNet(depth=50, width=1 / 8, deep_stem=False), seed=3).eval()
-  state_dict = _numpy_state_dict(torch_net)
+  state_dict = ref.numpy_state_dict(torch_net)
   assert "conv1.weight" in state_dict and "layer4.2.bn3.running_var" in state_dict
   state_dict["fc.weight"] = np.zeros((1000, 256), np.float32)  # ImageNet head: dropped
   state_dict["fc.bias"] = np.zeros((1000,), np.float32)
@@ -188,11 +169,11 @@ def test_torchvision_layout_backbone_matches():
   variables = torch_import.convert_state_dict(state_dict, _shapes(net), "backbone")
   x = _image(seed=4)
   with torch.no_grad():
-    low_ref, high_ref = torch_net(_nchw(x))
+    low_ref, high_ref = torch_net(ref.nchw(x))
   low, high = jax.jit(lambda v, x: net.apply(v, x, False))(variables, x)
   assert low.shape == (2, 15, 11, 32) and high.shape == (2, 4, 3, 256)
-  assert _rel_err(low, _nhwc(low_ref)) <= TOL
-  assert _rel_err(high, _nhwc(high_ref)) <= TOL
+  assert ref.rel_err(low, ref.nhwc(low_ref)) <= TOL
+  assert ref.rel_err(high, ref.nhwc(high_ref)) <= TOL
 
 
 def test_full_size_deep_stem_resnet101_file_converts_and_matches(tmp_path, capsys):
@@ -214,11 +195,11 @@ def test_full_size_deep_stem_resnet101_file_converts_and_matches(tmp_path, capsy
   net = ResNet(depth=101)
   x = _image((1, 33, 29, 3), seed=6)
   with torch.no_grad():
-    low_ref, high_ref = torch_net(_nchw(x))
+    low_ref, high_ref = torch_net(ref.nchw(x))
   low, high = jax.jit(lambda v, x: net.apply(v, x, False))(variables, x)
   assert high.shape == (1, 3, 2, 2048)
-  assert _rel_err(low, _nhwc(low_ref)) <= TOL
-  assert _rel_err(high, _nhwc(high_ref)) <= TOL
+  assert ref.rel_err(low, ref.nhwc(low_ref)) <= TOL
+  assert ref.rel_err(high, ref.nhwc(high_ref)) <= TOL
 
 
 @pytest.fixture(scope="module")
@@ -249,10 +230,10 @@ def test_converted_checkpoint_round_trips_through_create_train_state(tiny_releas
                         width=config.model.width, aspp_rates=tuple(config.model.aspp_rates))
   x = _image((2, 32, 32, 3), seed=9)
   with torch.no_grad():
-    logits_ref = _nhwc(teacher(_nchw(x)))
+    logits_ref = ref.nhwc(teacher(ref.nchw(x)))
   apply = jax.jit(lambda p, s, x: model.apply({"params": p, "batch_stats": s}, x, False))
-  assert _rel_err(apply(state.params, state.batch_stats, x), logits_ref) <= TOL
-  assert _rel_err(apply(state.teacher_params, state.teacher_batch_stats, x), logits_ref) <= TOL
+  assert ref.rel_err(apply(state.params, state.batch_stats, x), logits_ref) <= TOL
+  assert ref.rel_err(apply(state.teacher_params, state.teacher_batch_stats, x), logits_ref) <= TOL
 
 
 def test_pth_files_load_directly(tiny_release_checkpoint, tmp_path):
@@ -264,10 +245,10 @@ def test_pth_files_load_directly(tiny_release_checkpoint, tmp_path):
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _shapes(model, (1, 32, 32, 3)))
   x = _image((2, 32, 32, 3), seed=10)
   with torch.no_grad():
-    logits_ref = _nhwc(student(_nchw(x)))
-    low_ref, high_ref = (_nhwc(t) for t in student.encoder(_nchw(x)))
+    logits_ref = ref.nhwc(student(ref.nchw(x)))
+    low_ref, high_ref = (ref.nhwc(t) for t in student.encoder(ref.nchw(x)))
   full = torch_import.load_pretrained(zeros, path)  # model_state: the student
-  assert _rel_err(jax.jit(model.apply)(full, x), logits_ref) <= TOL
+  assert ref.rel_err(jax.jit(model.apply)(full, x), logits_ref) <= TOL
 
   backbone = torch_import.load_pretrained_backbone(zeros, path)
   assert not np.any(np.asarray(backbone["params"]["final"]["kernel"]))  # decoder untouched
@@ -283,12 +264,12 @@ def test_pth_files_load_directly(tiny_release_checkpoint, tmp_path):
         student.state_dict()["encoder.layer4.1.bn2.running_var"].numpy())
     low, high = jax.jit(lambda v, x: model.apply(v, x, False, method=lambda mdl, x, t:
                                                  mdl.backbone(x, t)))(loaded, x)
-    assert _rel_err(low, low_ref) <= TOL and _rel_err(high, high_ref) <= TOL
+    assert ref.rel_err(low, low_ref) <= TOL and ref.rel_err(high, high_ref) <= TOL
 
 
 def test_mismatch_lists_missing_unexpected_and_misshaped_keys():
   torch_net = ref.ResNet(depth=18, width=1 / 16)
-  state_dict = _numpy_state_dict(torch_net)
+  state_dict = ref.numpy_state_dict(torch_net)
   del state_dict["layer2.0.bn1.running_var"]
   state_dict["layer5.0.conv1.weight"] = np.zeros((4, 4, 3, 3), np.float32)
   state_dict["layer1.1.conv2.weight"] = np.zeros((4, 4, 1, 1), np.float32)
@@ -304,7 +285,7 @@ def test_mismatch_lists_missing_unexpected_and_misshaped_keys():
 
   # A ResNet-18 file for a ResNet-50 model: the first few names of each kind, all counted.
   with pytest.raises(torch_import.StateDictMismatch) as info:
-    torch_import.convert_state_dict(_numpy_state_dict(torch_net),
+    torch_import.convert_state_dict(ref.numpy_state_dict(torch_net),
                                     _shapes(ResNet(depth=50, width=1 / 16)), "backbone")
   error = info.value
   assert len(error.missing) == 160 and not error.unexpected and len(error.wrong_shape) == 28
@@ -315,7 +296,7 @@ def test_mismatch_lists_missing_unexpected_and_misshaped_keys():
 def test_npz_for_another_model_is_refused(tmp_path):
   torch_net = ref.ResNet(depth=18, width=1 / 16)
   variables = torch_import.convert_state_dict(
-      _numpy_state_dict(torch_net), _shapes(ResNet(depth=18, width=1 / 16)), "backbone")
+      ref.numpy_state_dict(torch_net), _shapes(ResNet(depth=18, width=1 / 16)), "backbone")
   path = tmp_path / "r18.npz"
   torch_import.save_npz(path, {c: {"backbone": variables[c]} for c in variables})
   wider = DeepLabV3Plus(num_classes=NUM_CLASSES, depth=18, width=1 / 8)

@@ -14,6 +14,7 @@ PyTorch code, so that its `state_dict()` has the keys of real checkpoints:
 
 `width` multiplies every channel count so that tests can run narrow models.
 """
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -228,3 +229,29 @@ def randomize_(module, seed):
         m.running_var.copy_(0.5 + rand(m.running_var))
         m.num_batches_tracked.fill_(7)
   return module
+
+
+# --- comparing with the JAX model -------------------------------------------------------------
+
+
+def rel_err(ours, theirs):
+  """max |ours - theirs| / max |theirs|, in float64."""
+  ours = np.asarray(ours, np.float64)
+  theirs = np.asarray(theirs, np.float64)
+  assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+  return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+def nhwc(t):
+  """A torch NCHW tensor as a NumPy NHWC array."""
+  return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def nchw(x):
+  """An NHWC array as a torch NCHW tensor."""
+  return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+def numpy_state_dict(module):
+  """A module's state dict as NumPy arrays (copies)."""
+  return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}

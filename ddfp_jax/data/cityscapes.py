@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from cityscapesscripts.helpers import labels as cs_labels
 from PIL import Image
 
-from ddfp_jax.data.errors import LayoutError, first_few
+from ddfp_jax.data.errors import LayoutError, describe_directory, first_few
 from ddfp_jax.data.segmentation_info import (generate_examples, record_names,
                                              segmentation_info)
 
@@ -129,14 +129,6 @@ def _layout_error(root: str, problem: str) -> LayoutError:
                      f"{EXPECTED_LAYOUT}, with DIR = {root}. {PREPARE_HELP}")
 
 
-def _listing(root: str) -> str:
-  try:
-    entries = sorted(os.listdir(root))
-  except OSError:
-    return "it cannot be listed"
-  return f"it holds {first_few(entries)}" if entries else "it is empty"
-
-
 def find_examples(root: str) -> Dict[str, List[ExampleFiles]]:
   """The image/label files of each builder split under `root`, sorted by name.
 
@@ -153,7 +145,7 @@ def find_examples(root: str) -> Dict[str, List[ExampleFiles]]:
   if missing:
     raise _layout_error(root, f"{', '.join(missing)} "
                               f"{'is' if len(missing) == 1 else 'are'} missing "
-                              f"({_listing(root)})")
+                              f"({describe_directory(root, 'it')})")
   examples, lacking = {}, []
   for split, folder in SPLIT_DIRS.items():
     image_dir = os.path.join(root, "leftImg8bit", folder)

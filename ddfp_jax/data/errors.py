@@ -4,6 +4,7 @@ They live in a module of their own (not next to the pipeline) so that the datase
 builders, the split lists and the pipeline can all raise them without importing each
 other.
 """
+import os
 
 
 class DatasetError(Exception):
@@ -25,3 +26,13 @@ def first_few(names, limit: int = 5) -> str:
   if len(names) > limit:
     shown += f", ... ({len(names)} in all)"
   return shown
+
+
+def describe_directory(path: str, subject: str) -> str:
+  """What `path` holds, for a layout message: "<subject> holds a, b, ...", "<subject> is
+  empty" or "<subject> cannot be listed"."""
+  try:
+    entries = sorted(os.listdir(path))
+  except OSError:
+    return f"{subject} cannot be listed"
+  return f"{subject} holds {first_few(entries)}" if entries else f"{subject} is empty"

@@ -65,15 +65,6 @@ def prepare(config) -> None:
   sources.prepare(config)
 
 
-def load_split_arrays(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
-  """Demo set only: all of `split` in memory, images uint8 (N, H, W, 3), labels (N, H, W)."""
-  _check_config(config)
-  if config.data.name != "demo":
-    raise DatasetError("load_split_arrays serves the demo set only; real datasets are read "
-                       "by index through ddfp_jax.data.sources.")
-  return sources.demo_arrays(config, split)
-
-
 def num_train_examples(config) -> Tuple[int, int]:
   """(labeled, unlabeled) examples of the training streams."""
   _check_config(config)

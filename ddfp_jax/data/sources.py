@@ -13,7 +13,6 @@ Which examples form the labeled and the unlabeled stream of a real dataset is de
 here, once per run, from the standard split lists (`config.data.split_dir`) or a seeded
 draw (`config.data.num_labeled`, `config.data.split_seed`); see `train_split`.
 """
-import functools
 import os
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
@@ -124,34 +123,34 @@ def prepare(config) -> None:
     real_datasets.prepare(dataset, config.data.manual_dir, config.data.data_dir)
 
 
-@functools.lru_cache(maxsize=None)
-def _prepared_builder(dataset: str, data_dir: Optional[str]):
-  builder = real_datasets.make_builder(dataset, data_dir)
-  if not builder.is_prepared():
-    return None
-  return builder
+# (dataset, data_dir) -> prepared builder; (dataset, data_dir, split) -> encoded records.
+_BUILDERS: Dict[Tuple[str, Optional[str]], object] = {}
+_RECORDS: Dict[Tuple[str, Optional[str], str], Sequence[dict]] = {}
 
 
 def _builder(config, dataset: str):
-  builder = _prepared_builder(dataset, config.data.data_dir)
-  if builder is None:
-    _prepared_builder.cache_clear()   # prepared later in this process: look again
-    builder = _prepared_builder(dataset, config.data.data_dir)
-  if builder is None:
-    raise _not_prepared(config, [dataset])
-  return builder
+  """The prepared builder of `dataset`; raises the not-prepared error otherwise."""
+  key = (dataset, config.data.data_dir)
+  if key not in _BUILDERS:
+    builder = real_datasets.make_builder(dataset, config.data.data_dir)
+    if not builder.is_prepared():
+      raise _not_prepared(config, [dataset])
+    _BUILDERS[key] = builder
+  return _BUILDERS[key]
 
 
-@functools.lru_cache(maxsize=None)
-def _encoded(dataset: str, data_dir: Optional[str], split: str):
-  return real_datasets.encoded_source(real_datasets.make_builder(dataset, data_dir), split)
+def _records(config, dataset: str, split: str) -> Sequence[dict]:
+  key = (dataset, config.data.data_dir, split)
+  if key not in _RECORDS:
+    _RECORDS[key] = real_datasets.encoded_source(_builder(config, dataset), split)
+  return _RECORDS[key]
 
 
-def _encoded_source(config, dataset: str, split: str, indices: np.ndarray) -> Source:
-  """Examples `indices` of a prepared split, decoded by TensorFlow."""
-  _builder(config, dataset)
-  records = _encoded(dataset, config.data.data_dir, split)
-  indices = np.asarray(indices, np.int64)
+def _encoded_source(config, dataset: str, split: str,
+                    indices: Optional[np.ndarray] = None) -> Source:
+  """Examples `indices` (default: all) of a prepared split, decoded by TensorFlow."""
+  records = _records(config, dataset, split)
+  indices = np.arange(len(records)) if indices is None else np.asarray(indices, np.int64)
 
   def read(i):
     record = records[int(indices[int(i)])]
@@ -180,6 +179,9 @@ class TrainSplit(NamedTuple):
 def _indices(names: Sequence[str], ids: Sequence[str]) -> np.ndarray:
   position = {name: i for i, name in enumerate(names)}
   return np.array([position[i] for i in ids], np.int64)
+
+
+_SPLITS: Dict[tuple, TrainSplit] = {}
 
 
 def train_split(config) -> TrainSplit:
@@ -237,9 +239,6 @@ def train_split(config) -> TrainSplit:
   return _SPLITS[key]
 
 
-_SPLITS: Dict[tuple, TrainSplit] = {}
-
-
 # --- what the pipeline asks for -----------------------------------------------------------
 
 
@@ -263,7 +262,4 @@ def eval_source(config, split: str = "validation") -> Source:
   if split not in real_datasets.SPLITS:
     raise DatasetError(f"Unknown split {split!r} of {config.data.name}; expected one of "
                        f"{real_datasets.SPLITS}.")
-  dataset = _builder_names(config.data.name)[0]
-  size = len(_encoded(dataset, config.data.data_dir, split)) if _builder(
-      config, dataset) else 0
-  return _encoded_source(config, dataset, split, np.arange(size))
+  return _encoded_source(config, _builder_names(config.data.name)[0], split)

@@ -35,7 +35,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from ddfp_jax.data import splits
-from ddfp_jax.data.errors import LayoutError, first_few
+from ddfp_jax.data.errors import LayoutError, describe_directory, first_few
 from ddfp_jax.data.segmentation_info import (generate_examples, record_names,
                                              segmentation_info)
 
@@ -118,14 +118,6 @@ def _layout_error(root: str, problem: str) -> LayoutError:
                      f"{EXPECTED_LAYOUT}, with DIR = {root}. {PREPARE_HELP}")
 
 
-def _listing(path: str) -> str:
-  try:
-    entries = sorted(os.listdir(path))
-  except OSError:
-    return f"{path} cannot be listed"
-  return f"{path} holds {first_few(entries)}" if entries else f"{path} is empty"
-
-
 def find_aug_dir(root: str) -> Optional[str]:
   """The SegmentationClassAug folder: in VOCdevkit/VOC2012/ or in `root`; None if absent.
 
@@ -158,7 +150,7 @@ def find_examples(root: str, config: str) -> Dict[str, List[ExampleFiles]]:
   voc = os.path.join(root, VOC_SUBDIR)
   if not os.path.isdir(voc):
     where = voc if os.path.isdir(os.path.dirname(voc)) else root
-    raise _layout_error(root, f"{VOC_SUBDIR} is missing ({_listing(where)})")
+    raise _layout_error(root, f"{VOC_SUBDIR} is missing ({describe_directory(where, where)})")
   sets = os.path.join("ImageSets", "Segmentation")
   needed = ["JPEGImages", "SegmentationClass", os.path.join(sets, "train.txt"),
             os.path.join(sets, "val.txt")]
