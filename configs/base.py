@@ -82,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.width = 1.0
   model.output_stride = 16
   model.aspp_rates = (6, 12, 18)
+  # How ASPP computes its dilated convolutions: "dilated" | "space_to_batch" (same result
+  # and parameters; ddfp_jax/deeplab.py ATROUS_IMPLS, benchmarks/model.py measures both).
+  model.atrous_impl = "dilated"
   model.dropout_rate = 0.1
   model.dtype = "float32"             # compute dtype: "float32" | "bfloat16"
   model.pretrained = ml_collections.FieldReference(None, field_type=str)

@@ -18,11 +18,20 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ddfp_jax.layers import BatchNorm, MixedBatchNorm, conv, dropout2d, scaled
+from ddfp_jax.layers import AtrousConv, BatchNorm, MixedBatchNorm, conv, dropout2d, scaled
 from ddfp_jax.resize import resize_bilinear
 from ddfp_jax.resnet import ResNet
 
 Dtype = Any
+
+
+# How ASPP computes its dilated 3x3 convolutions; both give the same result from the same
+# parameters. "dilated": one convolution with a dilated kernel (XLA's rhs_dilation);
+# "space_to_batch": an undilated convolution of the input's polyphase components
+# (`layers.space_to_batch_conv`), for backends that lower dilated kernels inefficiently.
+# `python -m benchmarks.model --benchmarks aspp,aspp_space_to_batch,aspp_undilated` says
+# which is faster on a device.
+ATROUS_IMPLS = ("dilated", "space_to_batch")
 
 
 class ASPP(nn.Module):
@@ -31,11 +40,20 @@ class ASPP(nn.Module):
   rates: Sequence[int] = (6, 12, 18)
   axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
+  atrous_impl: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    if self.atrous_impl not in ATROUS_IMPLS:
+      raise ValueError(f"model.atrous_impl must be one of {ATROUS_IMPLS}, got "
+                       f"{self.atrous_impl!r}.")
+
     def branch(y, kernel, dilation, name):
-      y = conv(self.features, kernel, 1, dilation, dtype=self.dtype, name=f"{name}_conv")(y)
+      if dilation > 1 and self.atrous_impl == "space_to_batch":
+        layer = AtrousConv(self.features, kernel, dilation, self.dtype, name=f"{name}_conv")
+      else:
+        layer = conv(self.features, kernel, 1, dilation, dtype=self.dtype, name=f"{name}_conv")
+      y = layer(y)
       y = BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name=f"{name}_bn")(y, train)
       return nn.relu(y)
 
@@ -57,6 +75,7 @@ class DeepLabV3Plus(nn.Module):
     width: channel multiplier for backbone *and* decoder (1.0 is the real model; tests use
       small values).
     aspp_rates: ASPP dilations at output stride 16 (6, 12, 18).
+    atrous_impl: how ASPP computes its dilated convolutions (`ATROUS_IMPLS`).
     dropout_rate: Dropout2d rate in the head and the classifier block.
     axis_name: device axis for cross-replica BatchNorm in training (None: local BN).
     dtype: compute dtype (bfloat16 or float32); parameters are always float32.
@@ -67,6 +86,7 @@ class DeepLabV3Plus(nn.Module):
   output_stride: int = 16
   width: float = 1.0
   aspp_rates: Sequence[int] = (6, 12, 18)
+  atrous_impl: str = "dilated"
   dropout_rate: float = 0.1
   axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
@@ -79,7 +99,7 @@ class DeepLabV3Plus(nn.Module):
                            output_stride=self.output_stride, axis_name=self.axis_name,
                            dtype=self.dtype)
     self.aspp = ASPP(features=w(256), rates=tuple(self.aspp_rates), axis_name=self.axis_name,
-                     dtype=self.dtype)
+                     dtype=self.dtype, atrous_impl=self.atrous_impl)
     self.head_conv = conv(w(256), 3, dtype=self.dtype)
     self.head_bn = bn("head_bn")
     self.low_conv = conv(w(48), 1, use_bias=True, dtype=self.dtype)
@@ -93,7 +113,11 @@ class DeepLabV3Plus(nn.Module):
 
   def encode(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     """Image (N, H, W, 3) -> classifier input u (N, H/4, W/4, 304)."""
-    low, high = self.backbone(x, train)
+    return self.head(*self.backbone(x, train), train)
+
+  def head(self, low: jnp.ndarray, high: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """Backbone outputs (stride 4 and stride 16) -> classifier input u: ASPP, its
+    projection, the low-level projection, upsampling and concatenation."""
     head = self.aspp(high, train)
     head = nn.relu(self.head_bn(self.head_conv(head), train))
     head = self.dropout(head, deterministic=not train)

@@ -44,6 +44,55 @@ def conv(features: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1
   )
 
 
+def space_to_batch_conv(x: jnp.ndarray, kernel: jnp.ndarray, rate: int) -> jnp.ndarray:
+  """Stride-1 dilated convolution with zero padding `rate * (k // 2)` (as `conv`), computed
+  as an undilated VALID convolution of the rate x rate polyphase components of the input.
+
+  Output pixel i = q * rate + p only reads input pixels p + rate * m, so the dilated conv
+  of x equals, component by component, the plain conv of x[p::rate] (after padding H and
+  W to a multiple of `rate`). The components are stacked on the batch axis: one dense
+  convolution, no zero-inserted kernel (TensorFlow's `atrous_conv2d` does the same).
+
+  Args:
+    x: (N, H, W, C) input.
+    kernel: (k, k, C, F) HWIO kernel, k odd.
+    rate: the dilation.
+
+  Returns:
+    (N, H, W, F), equal to the dilated convolution.
+  """
+  n, h, w, c = x.shape
+  k = kernel.shape[0]
+  pad = rate * (k // 2)
+  # Zero padding of the conv, then up to a multiple of `rate` at the far end.
+  padded = jnp.pad(x, ((0, 0), (pad, pad + (-h) % rate), (pad, pad + (-w) % rate), (0, 0)))
+  hb, wb = padded.shape[1] // rate, padded.shape[2] // rate
+  phases = padded.reshape(n, hb, rate, wb, rate, c).transpose(2, 4, 0, 1, 3, 5)
+  phases = phases.reshape(rate * rate * n, hb, wb, c)
+  y = jax.lax.conv_general_dilated(phases, kernel, (1, 1), "VALID",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ho, wo, f = y.shape[1:]
+  y = y.reshape(rate, rate, n, ho, wo, f).transpose(2, 3, 0, 4, 1, 5)
+  return y.reshape(n, ho * rate, wo * rate, f)[:, :h, :w]
+
+
+class AtrousConv(nn.Module):
+  """Bias-free stride-1 dilated k x k convolution, as `conv(features, k, 1, rate)` with the
+  same `kernel` parameter (checkpoints are interchangeable), computed by
+  `space_to_batch_conv` instead of a convolution with a dilated kernel."""
+  features: int
+  kernel_size: int
+  rate: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    kernel = self.param("kernel", conv_kernel_init,
+                        (self.kernel_size, self.kernel_size, x.shape[-1], self.features),
+                        jnp.float32)
+    return space_to_batch_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.rate)
+
+
 class BatchNorm(nn.BatchNorm):
   """BatchNorm with the release's hyper-parameters (see the module docstring).
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddfp_jax.deeplab import DeepLabV3Plus
-from ddfp_jax.layers import dropout2d
+from ddfp_jax.deeplab import ASPP, DeepLabV3Plus
+from ddfp_jax.layers import dropout2d, space_to_batch_conv
 from ddfp_jax.resnet import ResNet
 
 TINY = dict(depth=18, width=1 / 16)
@@ -158,3 +158,54 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny):
   assert out16.dtype == jnp.float32
   scale = np.abs(np.asarray(out32)).max()
   assert np.abs(np.asarray(out16) - np.asarray(out32)).max() < 0.1 * scale
+
+
+# Dilated convolution as space-to-batch: the same function as the dilated kernel.
+
+
+def _numpy_dilated_conv(x, kernel, rate):
+  """Direct sum over the k x k taps of a zero-padded input (float64): the definition."""
+  k = kernel.shape[0]
+  pad = rate * (k // 2)
+  n, h, w, _ = x.shape
+  xp = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  out = np.zeros((n, h, w, kernel.shape[-1]))
+  for i in range(k):
+    for j in range(k):
+      window = xp[:, i * rate:i * rate + h, j * rate:j * rate + w]
+      out += window @ kernel[i, j].astype(np.float64)
+  return out
+
+
+@pytest.mark.parametrize("shape,rate", [((2, 13, 17, 3), 1), ((2, 13, 17, 3), 2),
+                                        ((1, 9, 9, 4), 3), ((2, 33, 33, 5), 6),
+                                        ((1, 17, 17, 2), 12), ((1, 17, 11, 2), 18)])
+def test_space_to_batch_conv_equals_the_dilated_convolution(shape, rate):
+  rng = np.random.RandomState(rate)
+  x = rng.randn(*shape).astype(np.float32)
+  kernel = rng.randn(3, 3, shape[-1], 4).astype(np.float32)
+  ours = jax.jit(space_to_batch_conv, static_argnums=2)(x, kernel, rate)
+  np.testing.assert_allclose(ours, _numpy_dilated_conv(x, kernel, rate), rtol=1e-5, atol=1e-5)
+
+
+def test_aspp_space_to_batch_matches_dilated_in_values_and_gradients():
+  x = jnp.asarray(np.random.RandomState(0).randn(2, 11, 14, 8).astype(np.float32))
+  dilated = ASPP(features=6, rates=(2, 3, 5))
+  variables = dilated.init(jax.random.key(0), x, False)
+  s2b = ASPP(features=6, rates=(2, 3, 5), atrous_impl="space_to_batch")
+  # The same parameter tree: checkpoints load into either implementation.
+  assert (jax.tree.structure(s2b.init(jax.random.key(0), x, False))
+          == jax.tree.structure(variables))
+
+  def loss(module, params, x):
+    y, _ = module.apply({**variables, "params": params}, x, True, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y))
+
+  grad_fn = jax.value_and_grad(loss, argnums=(1, 2))
+  l1, g1 = grad_fn(dilated, variables["params"], x)
+  l2, g2 = grad_fn(s2b, variables["params"], x)
+  np.testing.assert_allclose(l2, l1, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="atrous_impl"):
+    ASPP(features=6, atrous_impl="winograd").init(jax.random.key(0), x, False)
