@@ -13,7 +13,15 @@ PyTorch code, so that its `state_dict()` has the keys of real checkpoints:
   conv, mixed BN) with the auxiliary BN of a mixed BN under `.aux_bn`, and `final`.
 
 `width` multiplies every channel count so that tests can run narrow models.
+
+`ReleaseFlow` is the release's flow construction from FrEIA 0.2 (`GLOWCouplingBlock(clamp)`
++ `PermuteRandom(seed=k)` in a `ReversibleGraphNet` named `inn`, beside the GMM `means`),
+with the spec's GMM log-densities (section 8) written in PyTorch. The benchmarks time this
+model and this flow next to the JAX ones (benchmarks/model.py).
 """
+import math
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -206,6 +214,73 @@ class DeepLabV3Plus(nn.Module):
 
   def forward(self, x):
     return self.classify(self.features(self.encode(x)))
+
+
+class ReleaseFlow(nn.Module):
+  """The release's flow module: FrEIA couplings under `inn`, the GMM `means` beside.
+
+  Every trainable flow parameter is drawn as `scale * 0.05 * N(0, 1)` (the release's
+  initialisation for scale 1; a larger scale moves the flow away from the identity, as
+  training does) and the means as N(0, I), all from `seed`.
+  """
+
+  def __init__(self, dim, hidden, num_classes, num_blocks=2, clamp=2.0, scale=1.0, seed=0):
+    super().__init__()
+    from FrEIA import framework as Ff, modules as Fm  # pylint: disable=import-outside-toplevel
+
+    def subnet(c_in, c_out):
+      return nn.Sequential(nn.Linear(c_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                           nn.ReLU(), nn.Linear(hidden, c_out))
+
+    np_state = np.random.get_state()   # PermuteRandom reseeds NumPy's global generator
+    try:
+      nodes = [Ff.InputNode(dim, name="input")]
+      for k in range(num_blocks):
+        nodes.append(Ff.Node(nodes[-1], Fm.GLOWCouplingBlock,
+                             {"subnet_constructor": subnet, "clamp": clamp},
+                             name=f"coupling_{k}"))
+        nodes.append(Ff.Node(nodes[-1], Fm.PermuteRandom, {"seed": k}, name=f"permute_{k}"))
+      nodes.append(Ff.OutputNode(nodes[-1], name="output"))
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        self.inn = Ff.ReversibleGraphNet(nodes, verbose=False)
+    finally:
+      np.random.set_state(np_state)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+      for p in self.inn.parameters():
+        if p.requires_grad:
+          p.copy_(scale * 0.05 * torch.randn(p.shape, generator=gen))
+    self.means = nn.Parameter(torch.randn(num_classes, dim, generator=gen))
+
+  def forward(self, x, rev=False):
+    """(z, log|det J|) of the couplings, as the release's `inn(x)`."""
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", DeprecationWarning)
+      return self.inn(x, rev=rev)
+
+  def _components(self, v):
+    """Per-class log N(z | mu_k, I) (N, K) and log|det J| (N,)."""
+    z, log_det = self(v)
+    sq = ((z[:, None, :] - self.means[None]) ** 2).sum(-1)
+    return -0.5 * (z.shape[1] * math.log(2 * math.pi) + sq), log_det
+
+  def log_density(self, v):
+    """log p_V(v) under the mixture with uniform weights, v (N, D) -> (N,)."""
+    comp, log_det = self._components(v)
+    return torch.logsumexp(comp - math.log(comp.shape[1]), dim=1) + log_det
+
+  def nll(self, v, labels):
+    """The flow's loss: -mean log p(v | label) over rows labeled in [0, K) (their own
+    component, no log pi) or -1 (the mixture); other rows are left out."""
+    comp, log_det = self._components(v)
+    num_classes = comp.shape[1]
+    mixture = torch.logsumexp(comp - math.log(num_classes), dim=1)
+    is_class = (labels >= 0) & (labels < num_classes)
+    own = comp.gather(1, torch.where(is_class, labels, 0)[:, None])[:, 0]
+    ll = torch.where(labels == -1, mixture, own) + log_det
+    keep = is_class | (labels == -1)
+    return -(ll * keep).sum() / keep.sum().clamp(min=1)
 
 
 def randomize_(module, seed):
