@@ -15,6 +15,10 @@ peer dies stops with one paragraph as soon as a collective with it fails, unless
 distributed runtime ends it first with its own message (it does when the coordinator,
 process 0, dies, or after --heartbeat_timeout seconds without a heartbeat from a peer).
 Every error exits non-zero; the last complete checkpoint is left as it was.
+
+SIGTERM (a scheduler's preemption or time limit, Cloud TPU maintenance, `kill`) makes
+every process save the same step and stop with status 143 (128 + SIGTERM); the same
+command resumes from that step.
 """
 import os
 import re
@@ -159,6 +163,25 @@ def _process_failed(error: BaseException, workdir: str) -> None:
         f"stops now so that the other processes stop too instead of waiting for it. {resume}")
 
 
+def _preempted(stop) -> None:
+  """The paragraph (process 0 prints it) and exit status of a run stopped by SIGTERM.
+
+  Every process gets here at the same step, so the exit is a normal one, together.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from ddfp_jax import preemption  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    many = jax.process_count() > 1
+    print(f"stopped: SIGTERM received (preemption, a time limit, maintenance or kill), so "
+          f"{'every process' if many else 'the run'} saved step {stop.step} and stopped. "
+          f"The checkpoint of step {stop.step} is complete in "
+          f"{os.path.join(stop.directory, str(stop.step))}; running the same command again"
+          f"{' on every process' if many else ''} resumes from it. Exit status "
+          f"{preemption.EXIT_CODE} (128 + SIGTERM) tells the scheduler that the run was "
+          "terminated, not finished.", file=sys.stderr, flush=True)
+  sys.exit(preemption.EXIT_CODE)
+
+
 def _quiet_checkpoint_logs():
   """Orbax logs every save step at INFO; keep the console for progress and metrics."""
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
@@ -190,6 +213,7 @@ def main(argv):
   from ddfp_jax import trainer  # pylint: disable=g-import-not-at-top
   from ddfp_jax.config_check import ConfigError  # pylint: disable=g-import-not-at-top
   from ddfp_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
+  from ddfp_jax.preemption import Preempted  # pylint: disable=g-import-not-at-top
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   try:
@@ -197,6 +221,8 @@ def main(argv):
       trainer.train_and_evaluate(config, FLAGS.workdir)
     else:
       trainer.evaluate_checkpoint(config, FLAGS.workdir)
+  except Preempted as e:
+    _preempted(e)
   except (ConfigError, trainer.NonFiniteError) as e:
     # Every process meets these at the same point: a normal exit, together.
     print(f"error: {e}", file=sys.stderr, flush=True)

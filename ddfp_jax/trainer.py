@@ -5,6 +5,13 @@ is stopped and started again with the same command continues exactly where the l
 checkpoint left it: the state holds the step, both optimisers, the teacher, the flow and
 the RNG key; schedules and per-step randomness are functions of the step; the input
 pipeline is a pure function of (seed, step).
+
+Stops, each leaving the last complete checkpoint usable:
+- SIGTERM (preemption, a time limit, maintenance, `kill`): every process saves the same
+  step, waits for the save and raises `preemption.Preempted`;
+- a non-finite loss or gradient: `NonFiniteError`, nothing saved after the bad step;
+- process 0 cannot prepare the dataset: every process raises (process 0 its own error,
+  the others a `DatasetError` pointing at process 0's log) instead of waiting for it.
 """
 import os
 from typing import Any, Dict, Optional
@@ -17,7 +24,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from ddfp_jax import builders, presets
+from ddfp_jax import builders, preemption, presets
 from ddfp_jax.checkpoint import Checkpointer
 from ddfp_jax.config_check import check_config
 from ddfp_jax.data import pipeline
@@ -68,11 +75,29 @@ def _scalars(results: Dict[str, Any]) -> Dict[str, float]:
 
 def _prepare_data(config: ml_collections.ConfigDict) -> None:
   """Process 0 prepares the dataset files first and the others wait: hosts that share a
-  data directory must not write it at the same time."""
-  if jax.process_index() == 0:
+  data directory must not write it at the same time.
+
+  Whether process 0 succeeded is broadcast to all processes, so that a failure stops
+  every one of them at once: process 0 with its own error, the others with a
+  `DatasetError` that points at process 0's log.
+  """
+  if jax.process_count() == 1:
     pipeline.prepare(config)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("ddfp_jax: dataset prepared")
+    return
+  failure = None
+  if jax.process_index() == 0:
+    try:
+      pipeline.prepare(config)
+    except Exception as e:  # pylint: disable=broad-except
+      failure = e
+  ok = multihost_utils.broadcast_one_to_all(np.int32(failure is None))
+  if failure is not None:
+    raise failure
+  if not int(ok):
+    raise pipeline.DatasetError(
+        f"process 0 could not prepare the dataset {config.data.name!r}, so process "
+        f"{jax.process_index()} of {jax.process_count()} stops too; the cause is in process "
+        "0's log.")
 
 
 def resolve_schedule(config: ml_collections.ConfigDict, num_unlabeled: int,
@@ -152,15 +177,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             else metric_writers.MultiWriter([]))
   total = config.total_steps
 
-  state = create_train_state(config, jax.random.key(config.seed))
   ckpt_dir = os.path.join(workdir, "checkpoints")
   checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
-  start = checkpointer.latest_step()
-  if start is not None:
+  resumed = checkpointer.latest_step()
+  start = resumed or 0
+  # As soon as the start step is known: JAX's service needs it before a notice comes.
+  watch = preemption.Watch(start)
+  state = create_train_state(config, jax.random.key(config.seed))
+  if resumed is not None:
     state = checkpointer.restore(state)
     logging.info("Resumed from step %d in %s.", start, ckpt_dir)
   else:
-    start = 0
     writer.write_hparams(flax.traverse_util.flatten_dict(config.to_dict(), sep="."))
   stop = total if config.train.steps_this_run <= 0 else min(
       total, start + config.train.steps_this_run)
@@ -181,35 +208,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       bad = {k: float(v) for k, v in metrics.items()}
       raise NonFiniteError(_nonfinite_message(done, bad, checkpointer, ckpt_dir))
 
-  for step in range(start, stop):
-    state, metrics = p_step(state, next(batches), phase_at(config, step))
-    if pending is not None:
-      stop_if_nonfinite(*pending)
-    done = step + 1
-    pending = (done, metrics)
-    history.append(metrics)
-    report(done)
-    if done % config.train.log_every == 0 or done == stop:
-      averaged = _average(history)
-      writer.write_scalars(done, {f"train/{k}": v for k, v in averaged.items()})
-      writer.flush()   # on disk now: a process that is killed keeps its curves
-      history = []
-    at_eval = done % config.train.eval_every == 0 or done == total
-    at_checkpoint = done % config.train.checkpoint_every == 0 or done == stop
-    if at_eval or at_checkpoint:
-      # Never evaluate or save a state after a non-finite step. The last step is always
-      # a checkpoint boundary, so every step is checked by the end of the loop.
-      stop_if_nonfinite(done, metrics)
-      pending = None
-    if at_eval:
-      results = evaluate_state(config, state, p_eval)
-      writer.write_scalars(done, _scalars(results))
-      best = max(results.get("student/miou"), results.get("teacher/miou", -1.0))
-      checkpointer.save_best(done, state, best)
-    if at_checkpoint:
-      checkpointer.save(done, state)
+  done = start
+  preempted = False
+  with watch:
+    for step in range(start, stop):
+      state, metrics = p_step(state, next(batches), phase_at(config, step))
+      if pending is not None:
+        stop_if_nonfinite(*pending)
+      done = step + 1
+      pending = (done, metrics)
+      history.append(metrics)
+      report(done)
+      # Asked at every step on every process (JAX's protocol needs it); at the last step
+      # the run saves and ends anyway.
+      preempted = watch.reached(done) and done < stop
+      if done % config.train.log_every == 0 or done == stop or preempted:
+        averaged = _average(history)
+        writer.write_scalars(done, {f"train/{k}": v for k, v in averaged.items()})
+        writer.flush()   # on disk now: a process that is killed keeps its curves
+        history = []
+      # A preempted run saves at once and skips an evaluation due at this step.
+      at_eval = (done % config.train.eval_every == 0 or done == total) and not preempted
+      at_checkpoint = done % config.train.checkpoint_every == 0 or done == stop or preempted
+      if at_eval or at_checkpoint:
+        # Never evaluate or save a state after a non-finite step. The last step is always
+        # a checkpoint boundary, so every step is checked by the end of the loop.
+        stop_if_nonfinite(done, metrics)
+        pending = None
+      if at_eval:
+        results = evaluate_state(config, state, p_eval)
+        writer.write_scalars(done, _scalars(results))
+        best = max(results.get("student/miou"), results.get("teacher/miou", -1.0))
+        checkpointer.save_best(done, state, best)
+      if at_checkpoint:
+        checkpointer.save(done, state, force=preempted)
+      if preempted:
+        break
   checkpointer.wait()
   writer.flush()
+  if preempted:
+    checkpointer.close()
+    raise preemption.Preempted(done, os.path.join(ckpt_dir, "latest"))
   if results and is_chief:
     print(f"Final (step {stop}): {_miou_line(results)}", flush=True)
   checkpointer.close()

@@ -11,19 +11,30 @@ the DDFP phase (pseudo labels, flow training, density-descending perturbation): 
 process compiles that one phase only, and the multi-process runs restore a checkpoint
 written by a single process.
 
-  * `R`: 1 process, 2 devices, steps 3..8 (the reference);
+  * `R`: 1 process, 2 devices, steps 3..16 (the reference);
   * `A`: 2 processes, 1 device each; once its checkpoint of step 4 exists, process 1 is
     killed (SIGKILL): process 0 must exit non-zero with main.py's paragraph within
     FAILURE_BOUND_S seconds;
-  * `B`: 2 processes again, same command: resumes A from its last complete checkpoint
-    and runs 2 more steps.
+  * `B`: 2 processes again, same command: resumes A from its last complete checkpoint;
+    once it has logged a step, process 1 alone gets SIGTERM: both processes must save
+    the same step (JAX's preemption service) and exit with 143, process 0 with main.py's
+    paragraph.
 
-Then A+B's losses (every train/ scalar of every step) and B's final state (student,
-teacher, flow, both optimiser states, RNG) must equal R's within RTOL / ATOL.
+Then A+B's losses (every train/ scalar of every step) and the state B saved when it
+stopped (student, teacher, flow, both optimiser states, RNG) must equal R's within
+RTOL / ATOL.
+
+`S`: 1 process, 2 devices, checkpoints rare, gets SIGTERM once it has logged a step: it
+must exit with 143 and its paragraph, a checkpoint of the step it names must exist, and
+the same command must resume from that step and run to its end.
+
+All subprocesses use the session's XLA compilation cache: a run with the same programs as
+an earlier one (same layout and phase: R and S, A and B) does not compile them again.
 """
 import glob
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -47,7 +58,7 @@ local_cpu = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(local_cpu)
 
 START = 2            # the shared starting checkpoint
-LAST = 8             # the reference runs to here
+LAST = 16            # the reference runs to here; B is stopped by SIGTERM before
 HEARTBEAT_S = 10     # --heartbeat_timeout of the multi-process runs
 FAILURE_BOUND_S = 30  # a survivor must be gone this long after its peer was killed
 RTOL = 1e-5          # losses, relative
@@ -63,7 +74,7 @@ _FLAT = {
     "data.labeled_per_device": 2, "data.unlabeled_per_device": 2, "model.width": 1 / 16,
     "model.aspp_rates": (1, 2, 3), "flow.hidden": 16, "flow.num_samples": 64,
     "ddfp.threshold": 0.2, "train.log_every": 1, "train.checkpoint_every": 1,
-    "train.eval_every": 1000, "train.keep_checkpoints": 10,
+    "train.eval_every": 1000, "train.keep_checkpoints": LAST,
 }
 
 
@@ -71,8 +82,10 @@ def _config(data_dir):
   return tiny_config(**{**_FLAT, "data.data_dir": str(data_dir)})
 
 
-def _args(data_dir, workdir, steps):
-  flat = {**_FLAT, "data.data_dir": str(data_dir), "train.steps_this_run": steps}
+def _args(data_dir, workdir, steps, **extra):
+  """main.py's arguments; `extra` overrides config keys, with "__" for ".": train__x."""
+  flat = {**_FLAT, "data.data_dir": str(data_dir), "train.steps_this_run": steps,
+          **{k.replace("__", "."): v for k, v in extra.items()}}
   args = ["--config", "configs/demo.py", "--workdir", str(workdir)]
   for key, value in flat.items():
     value = "(" + ",".join(map(str, value)) + ")" if isinstance(value, tuple) else value
@@ -81,8 +94,10 @@ def _args(data_dir, workdir, steps):
 
 
 def _env():
-  # The same PRNG implementation as the state written here (conftest uses "rbg").
-  return dict(os.environ, JAX_DEFAULT_PRNG_IMPL=jax.config.jax_default_prng_impl)
+  # The same PRNG implementation as the state written here (conftest uses "rbg"), and
+  # the session's compilation cache (conftest's), shared by every run.
+  return dict(os.environ, JAX_DEFAULT_PRNG_IMPL=jax.config.jax_default_prng_impl,
+              JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
 
 
 def _multi(args, log_dir):
@@ -129,6 +144,25 @@ def _train_scalars(workdir):
 def _restore(config, workdir, step):
   with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     return ckpt.restore(create_train_state(config, jax.random.key(0)), step)
+
+
+def _wait_for(log, text, procs, timeout=RUN_TIMEOUT_S):
+  """Waits until `text` is in `log` while every process of `procs` runs."""
+  t0 = time.monotonic()
+  while text not in _read(log):
+    assert all(p.poll() is None for p in procs), _read(log)[-3000:]
+    assert time.monotonic() - t0 < timeout, f"no {text!r} in {log} after {timeout} s"
+    time.sleep(0.1)
+
+
+def _stopped_paragraph(log):
+  lines = [l for l in _read(log).splitlines() if l.startswith("stopped: SIGTERM received")]
+  assert len(lines) == 1, _read(log)[-3000:]
+  return lines[0]
+
+
+def _steps(workdir):
+  return sorted(int(n) for n in os.listdir(f"{workdir}/checkpoints/latest") if n.isdigit())
 
 
 @pytest.fixture(scope="module")
@@ -181,18 +215,38 @@ def test_killed_peer_stops_the_survivor_and_the_resumed_run_matches_one_process(
   assert "is intact in" in message[0] and "start every process again" in message[0]
   run_a[1].wait()
 
-  # The last complete checkpoint is usable: the same command resumes from it.
+  # The last complete checkpoint is usable: the same command resumes from it. Once B
+  # has logged a step, SIGTERM to process 1 only: both save the same step and stop.
   resumed_from = _latest(multi)
   assert START + 2 <= resumed_from <= LAST - 2
-  stop = resumed_from + 2
-  run_b = _multi(_args(data_dir, multi, 2), logs / "b")
-  for i, proc in enumerate(run_b):
-    _check_exit(proc, logs / "b" / f"process_{i}.log")
-  assert f"Resumed from step {resumed_from}" in _read(logs / "b" / "process_0.log")
+  run_b = _multi(_args(data_dir, multi, 0), logs / "b")
+  b_logs = [logs / "b" / f"process_{i}.log" for i in range(2)]
+  _wait_for(b_logs[0], f"] [{resumed_from + 1}] train/", run_b)
+  run_b[1].send_signal(signal.SIGTERM)
+  codes = []
+  for proc in run_b:
+    try:
+      codes.append(proc.wait(timeout=60))
+    except subprocess.TimeoutExpired:
+      for p in run_b:
+        p.kill()
+      pytest.fail("B did not stop within 60 s of SIGTERM:\n" +
+                  "\n".join(_read(l)[-3000:] for l in b_logs))
+  assert codes == [143, 143], "\n".join(_read(l)[-3000:] for l in b_logs)
+  assert f"Resumed from step {resumed_from}" in _read(b_logs[0])
+  paragraph = _stopped_paragraph(b_logs[0])
+  print(paragraph)
+  stop = int(re.search(r"every process saved step (\d+)", paragraph).group(1))
+  assert "running the same command again on every process resumes from it" in paragraph
+  for log in b_logs:   # each process logs the step it saved; only process 0 the paragraph
+    assert f"SIGTERM received: saving step {stop} and stopping." in _read(log)
+  assert "stopped: SIGTERM" not in _read(b_logs[1])
+  assert resumed_from < stop < LAST and _latest(multi) == stop
   _check_exit(ref, logs / "reference.log")
-  print(f"runs took {time.monotonic() - t0:.0f} s; resumed from step {resumed_from}")
+  print(f"runs took {time.monotonic() - t0:.0f} s; resumed from step {resumed_from}, "
+        f"stopped by SIGTERM at step {stop}")
 
-  # Same losses at every step (A's steps, then B's), same final state.
+  # Same losses at every step (A's steps, then B's), same state at B's stop.
   got, want = _train_scalars(multi), _train_scalars(reference)
   assert sorted(got) == list(range(START + 1, stop + 1))
   worst = 0.0
@@ -228,3 +282,42 @@ def test_a_process_that_cannot_reach_the_coordinator_stops_with_a_message(tmp_pa
   assert "Traceback" not in out.stderr
   assert not os.path.exists(tmp_path / "run")
   assert elapsed < 60, elapsed
+
+
+def test_sigterm_saves_the_step_it_names_and_the_same_command_resumes(start_checkpoint):
+  root = start_checkpoint
+  workdir, logs = root / "sigterm_single", root / "sigterm_single_logs"
+  shutil.copytree(root / "start", workdir)
+  logs.mkdir()
+  # To the end (step 100, then an evaluation), no checkpoint on the way but the
+  # preemption's.
+  args = _args(root / "tfds", workdir, 0, train__checkpoint_every=1000)
+  total = _FLAT["total_steps"]
+  t0 = time.monotonic()
+  run = _single(args, logs / "first.log")
+  _wait_for(logs / "first.log", f"] [{START + 1}] train/", [run])
+  run.send_signal(signal.SIGTERM)
+  try:
+    code = run.wait(timeout=60)
+  except subprocess.TimeoutExpired:
+    run.kill()
+    pytest.fail("still running 60 s after SIGTERM:\n" + _read(logs / "first.log")[-3000:])
+  paragraph = _stopped_paragraph(logs / "first.log")
+  print(f"\n{paragraph}")
+  assert code == 143, _read(logs / "first.log")[-3000:]
+  saved = int(re.search(r"saved step (\d+)", paragraph).group(1))
+  latest = os.path.join(workdir, "checkpoints", "latest")
+  assert f"complete in {os.path.join(latest, str(saved))};" in paragraph
+  assert "running the same command again resumes from it" in paragraph
+  assert START + 1 <= saved < total
+  assert _steps(workdir) == [START, saved]
+
+  rerun = _single(args, logs / "second.log")
+  _check_exit(rerun, logs / "second.log")
+  second = _read(logs / "second.log")
+  assert f"Resumed from step {saved} " in second and f"Final (step {total}):" in second
+  assert _steps(workdir) == [START, saved, total]
+  # Every step logged: the first run's up to the one it saved, the second's after it.
+  assert f"] [{saved + 1}] train/" in second and f"] [{saved}] train/" not in second
+  assert sorted(_train_scalars(workdir)) == list(range(START + 1, total + 1))
+  print(f"SIGTERM test took {time.monotonic() - t0:.0f} s; saved step {saved}")

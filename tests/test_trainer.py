@@ -1,4 +1,5 @@
-"""Trainer and CLI: exact resume, non-finite stop, config errors, end to end."""
+"""Trainer and CLI: exact resume, non-finite stop, config errors, dataset preparation in
+a multi-process run, end to end."""
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 from ddfp_jax import trainer
 from ddfp_jax.checkpoint import Checkpointer
 from ddfp_jax.config_check import ConfigError, check_config
+from ddfp_jax.data.errors import DatasetError
 from ddfp_jax.state import create_train_state
 from tiny import tiny_config
 
@@ -142,3 +144,37 @@ def test_cli_rejects_unknown_override_and_missing_config_cleanly(tmp_path):
                  "--mode", "eval")
   assert out.returncode == 1
   assert "No checkpoint to evaluate" in out.stderr and "Traceback" not in out.stderr
+
+
+def _as_process(monkeypatch, index, told=None):
+  """This process as process `index` of 2; process 0's broadcast value is `told` for the
+  others. Returns the values this process broadcasts."""
+  sent = []
+  monkeypatch.setattr(jax, "process_index", lambda: index)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+
+  def broadcast(value):
+    sent.append(int(value))
+    return np.int32(value if index == 0 else told)
+  monkeypatch.setattr(trainer.multihost_utils, "broadcast_one_to_all", broadcast)
+  return sent
+
+
+def test_a_dataset_process_0_cannot_prepare_stops_every_process(tmp_path, monkeypatch):
+  # Cityscapes, not prepared in data_dir and no manual_dir: preparing it fails.
+  config = tiny_config(**{"data.name": "cityscapes", "data.data_dir": str(tmp_path)})
+  # Process 0 tells the others, then raises its own error.
+  sent = _as_process(monkeypatch, 0)
+  with pytest.raises(DatasetError, match="needs the prepared TFDS files of cityscapes"):
+    trainer._prepare_data(config)
+  assert sent == [0]
+  # Another process does not prepare (that would raise the error above): it raises
+  # an error pointing at process 0's log, or goes on when process 0 succeeded.
+  sent = _as_process(monkeypatch, 1, told=0)
+  with pytest.raises(DatasetError) as err:
+    trainer._prepare_data(config)
+  assert str(err.value) == ("process 0 could not prepare the dataset 'cityscapes', so "
+                            "process 1 of 2 stops too; the cause is in process 0's log.")
+  assert sent == [1]
+  _as_process(monkeypatch, 1, told=1)
+  trainer._prepare_data(config)
