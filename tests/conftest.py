@@ -26,3 +26,10 @@ jax.config.update("jax_default_prng_impl", "rbg")
 # a compilation cache for the session lets them reuse the compiled programs.
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="ddfp_jax_xla_"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+# The same settings for the processes tests start (main.py runs, multi-process runs): JAX
+# reads its options from JAX_* variables, and they inherit this environment, so the many
+# short training runs of the CLI tests share one cache too.
+os.environ.update(
+    JAX_DEFAULT_PRNG_IMPL="rbg",
+    JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="1.0")
