@@ -154,7 +154,8 @@ def _fmt(value, digits=1) -> str:
 
 def markdown(results: Dict[str, Any]) -> str:
   info = results["info"]
-  lines = [f"# Model microbenchmarks: {info['device_kind']} ({info['platform']})", "",
+  device = info["host_cpu"] if info["platform"] == "cpu" else info["device_kind"]
+  lines = [f"# Model microbenchmarks: {device} ({info['platform']})", "",
            f"Host CPU: {info['host_cpu']}, {info['host_cpus']} usable CPUs. Produced by "
            "`python -m benchmarks.model` (see its docstring for what each row times); the "
            "command of each run is in the JSON. One device, per-device batch.", ""]
