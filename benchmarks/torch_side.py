@@ -35,7 +35,7 @@ def torch_times(name: str, shapes: Shapes, dtype: str, repeats: int,
   # XLA:CPU runs with denormals flushed to zero; the same for PyTorch keeps the comparison
   # about the arithmetic, not about the CPU's slow path for denormal operands.
   torch.set_flush_denormal(True)
-  info = {"torch": torch.__version__, "device": str(device),
+  info = {"version": torch.__version__, "device": str(device),
           "threads": torch.get_num_threads()}
 
   if name == "flow":
