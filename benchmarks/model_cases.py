@@ -2,7 +2,7 @@
 and its arguments, ready for `timing.measure` (see benchmarks/model.py for what each one
 is)."""
 import dataclasses
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict
 
 import jax
 import jax.numpy as jnp
@@ -46,8 +46,7 @@ TORCH_BENCHMARKS = ("model_forward", "model_train", "flow")
 DTYPES = ("float32", "bfloat16")
 
 
-def bench_config(shapes: Shapes, dtype: str, atrous_impl: str = "dilated",
-                 rates: Sequence[int] = (6, 12, 18)):
+def bench_config(shapes: Shapes, dtype: str):
   """The train config of these shapes: base defaults, the shapes' sizes, a schedule whose
   step 1 is already in the perturbation phase."""
   from configs import base  # pylint: disable=import-outside-toplevel
@@ -59,8 +58,6 @@ def bench_config(shapes: Shapes, dtype: str, atrous_impl: str = "dilated",
   config.model.depth = shapes.depth
   config.model.width = shapes.width
   config.model.dtype = dtype
-  config.model.atrous_impl = atrous_impl
-  config.model.aspp_rates = tuple(rates)
   config.flow.num_samples = shapes.flow_samples
   config.flow.hidden = shapes.flow_hidden
   config.steps_per_epoch = 1
@@ -78,13 +75,12 @@ def _labels(key, n: int, size: int, num_classes: int) -> jax.Array:
   return jax.random.randint(key, (n, size, size), 0, num_classes, jnp.int32)
 
 
-def _model_and_variables(config, axis_name=None):
+def _model_and_variables(config):
   """The model and its variables (initialised at a small crop: the shapes of the
   parameters do not depend on it, and init at the paper's crop is slow on a CPU)."""
   from ddfp_jax import builders  # pylint: disable=import-outside-toplevel
-  model = builders.build_model(config, axis_name=axis_name)
-  init_model = builders.build_model(config)
-  variables = jax.jit(lambda k: init_model.init(k, jnp.zeros((1, 65, 65, 3)), train=False))(
+  model = builders.build_model(config)
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 65, 65, 3)), train=False))(
       jax.random.key(0))
   return model, variables
 
@@ -96,10 +92,12 @@ def _train_apply(model, variables, *args, method=None):
   return out
 
 
-def _backbone_outputs(model, variables, shapes):
-  """Shapes and dtypes of the backbone's (stride 4, stride 16) outputs."""
+def _backbone_outputs(model, shapes):
+  """Shapes and dtypes of the backbone's (stride 4, stride 16) outputs (traced only:
+  nothing is initialised or run)."""
   image = jax.ShapeDtypeStruct((shapes.images, shapes.crop, shapes.crop, 3), jnp.float32)
-  return jax.eval_shape(lambda x: model.apply(variables, x, False, method=_backbone), image)
+  outputs = lambda x: model.init_with_output(jax.random.key(0), x, False, method=_backbone)
+  return jax.eval_shape(outputs, image)[0]
 
 
 def _backbone(module, x, train):
@@ -126,9 +124,7 @@ def _aspp(shapes, dtype, atrous_impl="dilated", rates=(6, 12, 18)):
   from ddfp_jax import builders  # pylint: disable=import-outside-toplevel
   from ddfp_jax.deeplab import ASPP  # pylint: disable=import-outside-toplevel
   from ddfp_jax.layers import scaled  # pylint: disable=import-outside-toplevel
-  config = bench_config(shapes, dtype)
-  model, variables = _model_and_variables(config)
-  _, high = _backbone_outputs(model, variables, shapes)
+  _, high = _backbone_outputs(builders.build_model(bench_config(shapes, dtype)), shapes)
   aspp = ASPP(features=scaled(256, shapes.width), rates=tuple(rates),
               dtype=builders.compute_dtype(dtype),
               atrous_impl=atrous_impl)
@@ -161,7 +157,7 @@ def _decode(module, low, high):
 def make_decoder(shapes, dtype):
   config = bench_config(shapes, dtype)
   model, variables = _model_and_variables(config)
-  low, high = _backbone_outputs(model, variables, shapes)
+  low, high = _backbone_outputs(model, shapes)
   k1, k2 = jax.random.split(jax.random.key(4))
   inputs = (jax.random.normal(k1, low.shape).astype(low.dtype),
             jax.random.normal(k2, high.shape).astype(high.dtype))
