@@ -17,7 +17,8 @@ device counts the global batch is 4 x devices, the LR follows it linearly
 (optim.lr_scaling) and the run stays 200 epochs.
 
 Hardware and time: the paper trains on 4 GPUs with 4 labeled + 4 unlabeled images per
-GPU. The JAX timing is not measured yet (benchmarks to come). The only measured speed is
+GPU. The JAX step time on a GPU is not measured yet (`python -m benchmarks.model` measures
+it; README, "Speed", has CPU figures only). The only measured speed is
 the PyTorch release's own log (VOC classic 732, crop 513, 4 GPUs, mixed precision):
 0.81-0.84 s per step, 49200 steps in about 11.5 h. Cityscapes crops (769) have 2.25x the
 pixels of VOC's, so no time is extrapolated for this cell.
