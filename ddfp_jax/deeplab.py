@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ddfp_jax.layers import AtrousConv, BatchNorm, MixedBatchNorm, conv, dropout2d, scaled
+from ddfp_jax.layers import BatchNorm, MixedBatchNorm, conv, dropout2d, scaled
 from ddfp_jax.resize import resize_bilinear
 from ddfp_jax.resnet import ResNet
 
@@ -49,11 +49,8 @@ class ASPP(nn.Module):
                        f"{self.atrous_impl!r}.")
 
     def branch(y, kernel, dilation, name):
-      if dilation > 1 and self.atrous_impl == "space_to_batch":
-        layer = AtrousConv(self.features, kernel, dilation, self.dtype, name=f"{name}_conv")
-      else:
-        layer = conv(self.features, kernel, 1, dilation, dtype=self.dtype, name=f"{name}_conv")
-      y = layer(y)
+      y = conv(self.features, kernel, 1, dilation, dtype=self.dtype,
+               atrous_impl=self.atrous_impl, name=f"{name}_conv")(y)
       y = BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name=f"{name}_bn")(y, train)
       return nn.relu(y)
 

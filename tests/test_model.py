@@ -1,13 +1,14 @@
 """DeepLabV3+ / ResNet: shapes, stage composition, cross-replica BN, dropout, dtypes."""
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ddfp_jax.deeplab import ASPP, DeepLabV3Plus
-from ddfp_jax.layers import dropout2d, space_to_batch_conv
+from ddfp_jax.layers import conv, dropout2d, space_to_batch_conv
 from ddfp_jax.resnet import ResNet
 
 TINY = dict(depth=18, width=1 / 16)
@@ -158,6 +159,39 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny):
   assert out16.dtype == jnp.float32
   scale = np.abs(np.asarray(out32)).max()
   assert np.abs(np.asarray(out16) - np.asarray(out32)).max() < 0.1 * scale
+
+
+# 1 x 1 convolutions as matrix products: the same function as the convolution.
+
+
+@pytest.mark.parametrize("stride,use_bias,size", [(1, False, (7, 9)), (2, False, (7, 9)),
+                                                  (2, True, (8, 5)), (1, True, (5, 5))])
+def test_pointwise_conv_equals_the_convolution_in_values_and_gradients(stride, use_bias, size):
+  rng = np.random.RandomState(stride)
+  x = jnp.asarray(rng.randn(2, *size, 6).astype(np.float32))
+  ours = conv(4, 1, stride, use_bias=use_bias)
+  flax_conv = nn.Conv(4, (1, 1), strides=(stride, stride), padding=((0, 0), (0, 0)),
+                      use_bias=use_bias)
+  params = ours.init(jax.random.key(0), x)
+  # nn.Conv's parameter tree: checkpoints and converted weights load either way.
+  assert (jax.tree.structure(flax_conv.init(jax.random.key(0), x))
+          == jax.tree.structure(params))
+  if use_bias:
+    params = {"params": {**params["params"], "bias": jnp.arange(4.0)}}
+  # The definition in float64: out[n, i, j] = x[n, s*i, s*j] @ W (+ b).
+  kernel = np.asarray(params["params"]["kernel"], np.float64)
+  want = np.asarray(x, np.float64)[:, ::stride, ::stride] @ kernel[0, 0]
+  if use_bias:
+    want = want + np.arange(4.0)
+  np.testing.assert_allclose(ours.apply(params, x), want, rtol=1e-5, atol=1e-5)
+
+  def loss(module, params, x):
+    return jnp.sum(jnp.sin(module.apply(params, x)))
+
+  got = jax.grad(functools.partial(loss, ours), argnums=(0, 1))(params, x)
+  ref = jax.grad(functools.partial(loss, flax_conv), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 # Dilated convolution as space-to-batch: the same function as the dilated kernel.
