@@ -30,6 +30,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import ddfp_jax  # noqa: F401  (before TensorFlow: see ddfp_jax/__init__.py)
+from ddfp_jax import xla_cpu
+
+# Before JAX starts its CPU backend: XLA reads XLA_FLAGS once (ddfp_jax/xla_cpu.py).
+_XLA_CPU = xla_cpu.use_onednn_convolutions()
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
@@ -216,6 +220,7 @@ def main(argv):
   from ddfp_jax.preemption import Preempted  # pylint: disable=g-import-not-at-top
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
+  logging.info("XLA:CPU convolutions: %s.", _XLA_CPU)
   try:
     if FLAGS.mode == "train":
       trainer.train_and_evaluate(config, FLAGS.workdir)

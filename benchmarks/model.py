@@ -71,7 +71,7 @@ from benchmarks.model_cases import (ALL_BENCHMARKS, DTYPES, FLOAT32_ONLY, MAKERS
                                     TORCH_BENCHMARKS, Shapes)
 from benchmarks.timing import Measurement, measure, peak_tflops
 from benchmarks.torch_side import torch_times
-from ddfp_jax import hostinfo
+from ddfp_jax import hostinfo, xla_cpu
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "results"
@@ -93,6 +93,7 @@ def run_info() -> Dict[str, Any]:
           "platform": device.platform, "device_kind": device.device_kind,
           "python": platform.python_version(), "host_cpu": hostinfo.cpu_model(),
           "host_cpus": len(os.sched_getaffinity(0)),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "command": "python -m benchmarks.model " + " ".join(sys.argv[1:])}
   return info
 
@@ -169,6 +170,8 @@ def markdown(results: Dict[str, Any]) -> str:
     lines += [f"## {shapes_name}: {run.get('note', '')}", "",
               f"Run {run.get('date', '?')}, jax {run.get('jax', '?')}: `{run.get('command', '')}`",
               ""]
+    if run.get("xla_flags"):
+      lines += [f"XLA_FLAGS: `{run['xla_flags']}`", ""]
     lines += ["| benchmark | dtype | compile s | median ms | p10-p90 ms | GFLOP (XLA) | "
               "TFLOP/s | util. | program MiB | PyTorch ms | JAX / PyTorch |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -275,6 +278,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = parse_args(argv)
+  print(f"XLA:CPU convolutions: {xla_cpu.use_onednn_convolutions()}.")
   entries = run(args)
   json_path, md_path = write_results(pathlib.Path(args.out_dir), device_slug(), run_info(),
                                      args.shapes, SHAPES[args.shapes], entries)

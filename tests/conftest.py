@@ -9,6 +9,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
+# The CPU convolution flags main.py and the benchmarks use (ddfp_jax/xla_cpu.py): tests in
+# this process and the processes they start run the same XLA program.
+from ddfp_jax import xla_cpu  # noqa: E402
+
+xla_cpu.use_onednn_convolutions()
 # TensorFlow (used only by the input pipeline) must never grab an accelerator in tests.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
