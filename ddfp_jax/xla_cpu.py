@@ -3,7 +3,8 @@
 XLA:CPU's default convolution kernels (YNNPACK fusions) compute the weight gradient of a
 k x k convolution as a convolution whose window is the whole image, and the model's
 forward + backward spends most of its time there. With oneDNN's convolutions instead the
-same program is about 15-25 % faster on x86 (README "Speed"). Two flags select them:
+model's forward, forward + backward and whole DDFP step are 13-17 % faster on x86 (README
+"Speed"). Two flags select them:
 `--xla_cpu_use_onednn=true` and, so that YNNPACK stops claiming the convolutions first,
 `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`.
 
