@@ -35,7 +35,8 @@ class Conv(nn.Module):
   of a 1 x 1 convolution as a generic convolution over the whole image plus two
   activation-sized transposes, while the product's gradients are plain GEMMs; the ResNet's
   bottlenecks are half 1 x 1 convolutions, and the model's forward + backward on a CPU is
-  about 20 % faster for it (README "Speed"). GPUs and TPUs run both forms as GEMMs.
+  about 20 % faster for it (README "Speed"). On GPUs and TPUs both forms are matrix-unit
+  work (not measured there yet).
 
   `atrous_impl="space_to_batch"` computes a dilated stride-1 kernel by
   `space_to_batch_conv` instead of a convolution with a dilated kernel (same numbers).
