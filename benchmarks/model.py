@@ -81,7 +81,7 @@ def device_slug() -> str:
   device = jax.local_devices()[0]
   if device.platform == "cpu":
     kind = hostinfo.cpu_model()
-    count = len(os.sched_getaffinity(0))
+    count = hostinfo.usable_cpus()
     return f"{re.sub(r'[^a-z0-9]+', '-', kind.lower()).strip('-') or 'cpu'}-{count}cpu"
   return re.sub(r"[^a-z0-9]+", "-", device.device_kind.lower()).strip("-")
 
@@ -92,7 +92,7 @@ def run_info() -> Dict[str, Any]:
           "jaxlib": getattr(jax.lib, "__version__", None) or jax.__version__,
           "platform": device.platform, "device_kind": device.device_kind,
           "python": platform.python_version(), "host_cpu": hostinfo.cpu_model(),
-          "host_cpus": len(os.sched_getaffinity(0)),
+          "host_cpus": hostinfo.usable_cpus(),
           "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "command": "python -m benchmarks.model " + " ".join(sys.argv[1:])}
   return info

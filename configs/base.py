@@ -83,7 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
   model.output_stride = 16
   model.aspp_rates = (6, 12, 18)
   # How ASPP computes its dilated convolutions: "dilated" | "space_to_batch" (same result
-  # and parameters; ddfp_jax/deeplab.py ATROUS_IMPLS, benchmarks/model.py measures both).
+  # and parameters; ddfp_jax/layers.py ATROUS_IMPLS, benchmarks/model.py measures both).
   model.atrous_impl = "dilated"
   model.dropout_rate = 0.1
   model.dtype = "float32"             # compute dtype: "float32" | "bfloat16"

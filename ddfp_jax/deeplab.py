@@ -25,15 +25,6 @@ from ddfp_jax.resnet import ResNet
 Dtype = Any
 
 
-# How ASPP computes its dilated 3x3 convolutions; both give the same result from the same
-# parameters. "dilated": one convolution with a dilated kernel (XLA's rhs_dilation);
-# "space_to_batch": an undilated convolution of the input's polyphase components
-# (`layers.space_to_batch_conv`), for backends that lower dilated kernels inefficiently.
-# `python -m benchmarks.model --benchmarks aspp,aspp_space_to_batch,aspp_undilated` says
-# which is faster on a device.
-ATROUS_IMPLS = ("dilated", "space_to_batch")
-
-
 class ASPP(nn.Module):
   """Atrous spatial pyramid pooling: image pooling, 1x1, and three dilated 3x3 branches."""
   features: int = 256
@@ -44,10 +35,6 @@ class ASPP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    if self.atrous_impl not in ATROUS_IMPLS:
-      raise ValueError(f"model.atrous_impl must be one of {ATROUS_IMPLS}, got "
-                       f"{self.atrous_impl!r}.")
-
     def branch(y, kernel, dilation, name):
       y = conv(self.features, kernel, 1, dilation, dtype=self.dtype,
                atrous_impl=self.atrous_impl, name=f"{name}_conv")(y)
@@ -72,7 +59,7 @@ class DeepLabV3Plus(nn.Module):
     width: channel multiplier for backbone *and* decoder (1.0 is the real model; tests use
       small values).
     aspp_rates: ASPP dilations at output stride 16 (6, 12, 18).
-    atrous_impl: how ASPP computes its dilated convolutions (`ATROUS_IMPLS`).
+    atrous_impl: how ASPP computes its dilated convolutions (`layers.ATROUS_IMPLS`).
     dropout_rate: Dropout2d rate in the head and the classifier block.
     axis_name: device axis for cross-replica BatchNorm in training (None: local BN).
     dtype: compute dtype (bfloat16 or float32); parameters are always float32.

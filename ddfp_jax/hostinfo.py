@@ -1,4 +1,5 @@
 """What a results file says about the machine that produced it."""
+import os
 import platform
 
 
@@ -12,3 +13,8 @@ def cpu_model() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine() or "unknown"
+
+
+def usable_cpus() -> int:
+  """How many CPUs this process may run on (its affinity mask, not the machine's count)."""
+  return len(os.sched_getaffinity(0))

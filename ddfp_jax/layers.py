@@ -21,6 +21,13 @@ import numpy as np
 
 Dtype = Any
 
+# How `Conv` computes a dilated kernel; both give the same result from the same parameters.
+# "dilated": one convolution with a dilated kernel (XLA's rhs_dilation); "space_to_batch":
+# an undilated convolution of the input's polyphase components (`space_to_batch_conv`), for
+# backends that lower dilated kernels inefficiently. `python -m benchmarks.model
+# --benchmarks aspp,aspp_space_to_batch,aspp_undilated` says which is faster on a device.
+ATROUS_IMPLS = ("dilated", "space_to_batch")
+
 # Kaiming-normal, fan_out, ReLU gain: the release's initialisation of every conv.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
@@ -51,6 +58,9 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if self.atrous_impl not in ATROUS_IMPLS:
+      raise ValueError(f"model.atrous_impl must be one of {ATROUS_IMPLS}, got "
+                       f"{self.atrous_impl!r}.")
     k = self.kernel_size
     kernel = self.param("kernel", conv_kernel_init, (k, k, x.shape[-1], self.features),
                         jnp.float32)
