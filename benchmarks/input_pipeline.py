@@ -47,7 +47,7 @@ import sys
 import time
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from ddfp_jax import hostinfo
+from ddfp_jax.runtime import hostinfo
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

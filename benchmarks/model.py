@@ -71,7 +71,7 @@ from benchmarks.model_cases import (ALL_BENCHMARKS, DTYPES, FLOAT32_ONLY, MAKERS
                                     TORCH_BENCHMARKS, Shapes)
 from benchmarks.timing import Measurement, measure, peak_tflops
 from benchmarks.torch_side import torch_times
-from ddfp_jax import hostinfo, xla_cpu
+from ddfp_jax.runtime import hostinfo, xla_cpu
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "results"

@@ -58,8 +58,8 @@ def bench_config(shapes: Shapes, dtype: str):
   config.model.depth = shapes.depth
   config.model.width = shapes.width
   config.model.dtype = dtype
-  config.flow.num_samples = shapes.flow_samples
-  config.flow.hidden = shapes.flow_hidden
+  config.ddfp.flow.num_samples = shapes.flow_samples
+  config.ddfp.flow.hidden = shapes.flow_hidden
   config.steps_per_epoch = 1
   config.total_steps = 10
   config.schedule.sup_only_epochs = 0
@@ -78,7 +78,7 @@ def _labels(key, n: int, size: int, num_classes: int) -> jax.Array:
 def _model_and_variables(config):
   """The model and its variables (initialised at a small crop: the shapes of the
   parameters do not depend on it, and init at the paper's crop is slow on a CPU)."""
-  from ddfp_jax import builders  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.models import builders  # pylint: disable=import-outside-toplevel
   model = builders.build_model(config)
   variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 65, 65, 3)), train=False))(
       jax.random.key(0))
@@ -121,9 +121,9 @@ def make_backbone(shapes, dtype):
 
 
 def _aspp(shapes, dtype, atrous_impl="dilated", rates=(6, 12, 18)):
-  from ddfp_jax import builders  # pylint: disable=import-outside-toplevel
-  from ddfp_jax.deeplab import ASPP  # pylint: disable=import-outside-toplevel
-  from ddfp_jax.layers import scaled  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.models import builders  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.models.deeplab import ASPP  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.models.layers import scaled  # pylint: disable=import-outside-toplevel
   _, high = _backbone_outputs(builders.build_model(bench_config(shapes, dtype)), shapes)
   aspp = ASPP(features=scaled(256, shapes.width), rates=tuple(rates),
               dtype=builders.compute_dtype(dtype),
@@ -177,8 +177,8 @@ def make_model_forward(shapes, dtype):
 
 
 def make_model_train(shapes, dtype):
-  from ddfp_jax.losses import cross_entropy_sum  # pylint: disable=import-outside-toplevel
-  from ddfp_jax.resize import resize_bilinear  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.training.losses import cross_entropy_sum  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.models.resize import resize_bilinear  # pylint: disable=import-outside-toplevel
   config = bench_config(shapes, dtype)
   model, variables = _model_and_variables(config)
   k1, k2 = jax.random.split(jax.random.key(6))
@@ -195,12 +195,12 @@ def make_model_train(shapes, dtype):
 
 
 def feature_dim(shapes) -> int:
-  from ddfp_jax.layers import scaled  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.models.layers import scaled  # pylint: disable=import-outside-toplevel
   return scaled(256, shapes.width)
 
 
 def _density(shapes):
-  from ddfp_jax import builders  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.models import builders  # pylint: disable=import-outside-toplevel
   config = bench_config(shapes, "float32")
   density = builders.build_density(config)
   params = density.init(jax.random.key(7), jnp.zeros((2, feature_dim(shapes))))
@@ -223,7 +223,7 @@ def make_flow(shapes, dtype):
 
 def make_perturbation(shapes, dtype):
   del dtype   # float32 only
-  from ddfp_jax.perturbations import (  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.methods.perturbations import (  # pylint: disable=import-outside-toplevel
       PerturbationConfig, PerturbationSite, perturb)
   config = bench_config(shapes, "float32")
   model, variables = _model_and_variables(config)
@@ -243,8 +243,9 @@ def make_perturbation(shapes, dtype):
 
 
 def make_train_step(shapes, dtype):
-  from ddfp_jax import state as state_lib  # pylint: disable=import-outside-toplevel
-  from ddfp_jax import train_step  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.training import state as state_lib  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.methods import ddfp  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.training import step as train_step  # pylint: disable=import-outside-toplevel
   config = bench_config(shapes, dtype)
   small = config.copy_and_resolve_references()
   small.data.crop_size = 65   # parameter shapes do not depend on the crop; init is cheaper
@@ -259,7 +260,7 @@ def make_train_step(shapes, dtype):
       "unlabeled_ignore": jnp.zeros((shapes.unlabeled, shapes.crop, shapes.crop), jnp.int32),
   }
   step = train_step.make_train_step(config)
-  phase = train_step.Phase(semi=True, train_flow=True, perturb=True)
+  phase = ddfp.Phase(semi=True, train_flow=True, perturb=True)
   mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()[:1]), (train_step.AXIS,))
   spec = jax.sharding.PartitionSpec
   # One device of the data-parallel step: the axis collectives run over a mesh of one.

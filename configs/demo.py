@@ -8,13 +8,15 @@ backgrounds, 11 classes (background + 10 digits), 40 labeled and 1000 unlabeled 
 200 validation scenes from other digit samples. A width-1/4 ResNet-18 DeepLabV3+ trained
 from scratch at crop 64, 2500 steps: 1 warm-up epoch, the flow from epoch 1, the
 density-descending perturbation from epoch 2. Hardware, time and the mIoU it reaches:
-README, "Demo results" (made by `python -m ddfp_jax.demo_table`).
+README, "Demo results" (made by `python -m ddfp_jax.tools.demo_table`).
 """
 from configs import base
 
 
-def get_config():
+def get_config(method: str = "ddfp"):
+  """`method`: the part after the colon of --config configs/demo.py:METHOD."""
   config = base.get_config()
+  config.method = method
   config.total_steps = 2500
   config.steps_per_epoch = 125        # one pass over the 1000 unlabeled scenes
   config.data.name = "demo"
@@ -28,13 +30,13 @@ def get_config():
   config.model.width = 0.25
   config.model.output_stride = 16
   config.model.aspp_rates = (2, 4, 6)
-  config.flow.hidden = 64
-  config.flow.num_samples = 4096
-  config.ddfp.threshold = 0.9
+  config.ddfp.flow.hidden = 64
+  config.ddfp.flow.num_samples = 4096
+  config.semi.threshold = 0.9
   # The README's demo table was made with the release's perturbation site (and the
   # paper's teacher): a mix of the two, so the preset stays "custom".
   config.preset = "custom"
-  config.ddfp.site = "classifier_input"
+  config.semi.site = "classifier_input"
   config.optim.learning_rate = 0.05
   config.optim.reference_batch = 8
   config.optim.decoder_lr_mult = 1.0

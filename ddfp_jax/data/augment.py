@@ -259,10 +259,10 @@ def center_crop_and_pad(image: Tensor, label: Tensor, crop: int,
 
 
 def random_flip(image: Tensor, label: Tensor, ignore: Optional[Tensor],
-                seed: Tensor) -> Geometric:
-  """Flips image, label and ignore left-right together with probability 0.5."""
+                seed: Tensor, prob: float = 0.5) -> Geometric:
+  """Flips image, label and ignore left-right together with probability `prob`."""
   tensors = [image, label] + ([] if ignore is None else [ignore])
-  flip = tf.random.stateless_uniform([], seed, alg=ALG) < 0.5
+  flip = tf.random.stateless_uniform([], seed, alg=ALG) < prob
   flipped = tf.cond(flip, lambda: [tf.reverse(t, axis=[1]) for t in tensors],
                     lambda: [tf.identity(t) for t in tensors])
   return flipped[0], flipped[1], flipped[2] if ignore is not None else None

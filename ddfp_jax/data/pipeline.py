@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from ddfp_jax.data import augment
 from ddfp_jax.data import sources
-from ddfp_jax.evaluate import PROTOCOLS
+from ddfp_jax.data.protocols import PROTOCOLS
 # One error class for every data problem; re-exported for the trainer and main.py.
 from ddfp_jax.data.errors import DatasetError
 
@@ -147,7 +147,7 @@ def weak_augment(image, label, seed, data, ignore=None):
   image, label, ignore = augment.random_rescale_crop(
       image, label, ignore, s_rescale, s_crop, data.scale_range, int(data.crop_size),
       label_pad=int(data.ignore_label))
-  return augment.random_flip(image, label, ignore, s_flip)
+  return augment.random_flip(image, label, ignore, s_flip, float(data.flip_prob))
 
 
 def train_batches(config, *, start_step: int = 0, process_index: int = 0,

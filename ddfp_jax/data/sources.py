@@ -37,8 +37,9 @@ def check_dataset(config) -> None:
   name = config.data.name
   if name not in DATASETS:
     raise DatasetError(f"config.data.name={name!r} is not a dataset of ddfp-jax; choose one "
-                       f"of {DATASETS} (configs/demo.py, configs/cityscapes_*.py, "
-                       "configs/pascal_*.py and configs/pascal_blended_*.py set it).")
+                       f"of {DATASETS} (configs/demo.py, configs/ddfp/cityscapes_*.py, "
+                       "configs/ddfp/pascal_*.py and configs/ddfp/pascal_blended_*.py set "
+                       "it).")
 
 
 # --- the demo set -------------------------------------------------------------------------
@@ -187,7 +188,8 @@ _SPLITS: Dict[tuple, TrainSplit] = {}
 def train_split(config) -> TrainSplit:
   """The labeled/unlabeled split of a real dataset's training examples.
 
-  From `data.split_dir` (standard lists; every listed example must be in the prepared
+  With `data.all_labeled`, every training image of the labeled set. Otherwise from
+  `data.split_dir` (standard lists; every listed example must be in the prepared
   files, and `data.num_labeled`, when positive, must equal the labeled count), or else a
   seeded draw of `data.num_labeled` labeled examples; the unlabeled stream is then every
   other training image (for Pascal classic: of the 10582-image set, as the standard lists).
@@ -197,13 +199,18 @@ def train_split(config) -> TrainSplit:
   """
   data = config.data
   key = (data.name, data.data_dir, data.split_dir, int(data.num_labeled),
-         int(data.split_seed))
+         int(data.split_seed), bool(data.all_labeled))
   if key not in _SPLITS:
     labeled_builder, unlabeled_builder = (_builder(config, d)
                                           for d in _builder_names(data.name))
     labeled_names = real_datasets.example_names(labeled_builder, "train")
     unlabeled_names = real_datasets.example_names(unlabeled_builder, "train")
-    if data.split_dir:
+    if data.all_labeled:
+      # The fully supervised upper bound: every image with a label is labeled; the
+      # unlabeled stream (which a supervised run does not read) is the whole set.
+      labeled, unlabeled = list(labeled_names), list(unlabeled_names)
+      origin = "every training image labeled (data.all_labeled)"
+    elif data.split_dir:
       split_dir = os.path.expanduser(data.split_dir)
       split = splits.split_from_directory(split_dir, data.name)
       splits.check_ids_exist(split.labeled, labeled_names, f"labeled ids of {split_dir}")
@@ -246,8 +253,11 @@ def train_sources(config) -> Tuple[Source, Source]:
   """(labeled, unlabeled) Sources of the training streams."""
   check_dataset(config)
   if config.data.name == "demo":
-    return (_array_source(*demo_arrays(config, "labeled")),
-            _array_source(*demo_arrays(config, "unlabeled")))
+    labeled, unlabeled = demo_arrays(config, "labeled"), demo_arrays(config, "unlabeled")
+    if config.data.all_labeled:
+      # The fully supervised upper bound: the unlabeled scenes' labels are used too.
+      labeled = tuple(np.concatenate([a, b]) for a, b in zip(labeled, unlabeled))
+    return _array_source(*labeled), _array_source(*unlabeled)
   split = train_split(config)
   labeled_builder, unlabeled_builder = _builder_names(config.data.name)
   return (_encoded_source(config, labeled_builder, "train", split.labeled),

@@ -1,0 +1,38 @@
+"""Pieces every method's loss and schedule share."""
+import jax.numpy as jnp
+import ml_collections
+
+from ddfp_jax.methods.interface import StepInputs, Tools
+
+
+def epoch_of(config: ml_collections.ConfigDict, step: int) -> int:
+  return step // config.steps_per_epoch
+
+
+def semi_started(config: ml_collections.ConfigDict, step: int) -> bool:
+  """True once the supervised warm-up (`schedule.sup_only_epochs`) is over."""
+  return epoch_of(config, step) >= config.schedule.sup_only_epochs
+
+
+def supervised_loss(tools: Tools, params, inputs: StepInputs, rng):
+  """Cross-entropy of the student on the labeled images: the loss of warm-up steps."""
+  batch = inputs.batch
+  variables = {"params": params, "batch_stats": inputs.state.batch_stats}
+  logits, stats = tools.run(variables, batch["labeled_image"], True, rng, None)
+  sup = tools.ce(logits, batch["labeled_label"])
+  return sup, (stats, {"loss_sup": sup})
+
+
+def student_views(tools: Tools, params, inputs: StepInputs, rngs):
+  """The student on [labeled, strong]: (u, v, logits, batch_stats) with clean (main) BN.
+
+  `rngs` = (encoder key, classifier-block key): dropout of the two parts.
+  """
+  batch, targets = inputs.batch, inputs.targets
+  x = jnp.concatenate([batch["labeled_image"], targets.image])
+  u, stats = tools.run({"params": params, "batch_stats": inputs.state.batch_stats}, x, True,
+                       rngs[0], "encode")
+  v, stats = tools.run({"params": params, "batch_stats": stats}, u, True, rngs[1],
+                       "features", False)
+  logits = tools.model.apply({"params": params, "batch_stats": stats}, v, method="classify")
+  return u, v, logits, stats

@@ -1,0 +1,130 @@
+"""DeepLabV3+ with the release's classifier block (NHWC, Flax linen).
+
+The model exposes the stages that the DDFP step composes:
+
+    u = model.apply(variables, x, train, method="encode")       # image -> classifier input
+    v = model.apply(variables, u, train, perturbed, method="features")  # u -> pixel features
+    logits = model.apply(variables, v, method="classify")       # v -> logits (stride 4)
+    logits = model.apply(variables, x, train)                   # image -> logits (stride 4)
+
+`u` is the 304-channel concatenation [low-level (48), upsampled ASPP head (256)] at stride
+4; `v` is the 256-channel output of the two-conv classifier block, the feature whose density
+the flow learns. The classifier block's BatchNorms are mixed: `perturbed=True` routes
+through their auxiliary parameters and statistics. Logits come out in float32 whatever the
+compute dtype, so losses and softmax confidences are computed in full precision.
+"""
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ddfp_jax.models.layers import BatchNorm, MixedBatchNorm, conv, dropout2d, scaled
+from ddfp_jax.models.resize import resize_bilinear
+from ddfp_jax.models.resnet import ResNet
+
+Dtype = Any
+
+
+class ASPP(nn.Module):
+  """Atrous spatial pyramid pooling: image pooling, 1x1, and three dilated 3x3 branches."""
+  features: int = 256
+  rates: Sequence[int] = (6, 12, 18)
+  axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32
+  atrous_impl: str = "dilated"
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def branch(y, kernel, dilation, name):
+      y = conv(self.features, kernel, 1, dilation, dtype=self.dtype,
+               atrous_impl=self.atrous_impl, name=f"{name}_conv")(y)
+      y = BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name=f"{name}_bn")(y, train)
+      return nn.relu(y)
+
+    height, width = x.shape[1:3]
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
+    outputs = [resize_bilinear(branch(pooled, 1, 1, "pool"), (height, width)),
+               branch(x, 1, 1, "conv1x1")]
+    for i, rate in enumerate(self.rates):
+      outputs.append(branch(x, 3, rate, f"atrous{i + 1}"))
+    return jnp.concatenate(outputs, axis=-1)
+
+
+class DeepLabV3Plus(nn.Module):
+  """DeepLabV3+ on a ResNet, with the DDFP classifier block.
+
+  Attributes:
+    num_classes: output classes (21 VOC, 19 Cityscapes).
+    depth, deep_stem, output_stride: backbone (see `ResNet`).
+    width: channel multiplier for backbone *and* decoder (1.0 is the real model; tests use
+      small values).
+    aspp_rates: ASPP dilations at output stride 16 (6, 12, 18).
+    atrous_impl: how ASPP computes its dilated convolutions (`layers.ATROUS_IMPLS`).
+    dropout_rate: Dropout2d rate in the head and the classifier block.
+    axis_name: device axis for cross-replica BatchNorm in training (None: local BN).
+    dtype: compute dtype (bfloat16 or float32); parameters are always float32.
+  """
+  num_classes: int
+  depth: int = 101
+  deep_stem: bool = True
+  output_stride: int = 16
+  width: float = 1.0
+  aspp_rates: Sequence[int] = (6, 12, 18)
+  atrous_impl: str = "dilated"
+  dropout_rate: float = 0.1
+  axis_name: Optional[str] = None
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    w = lambda c: scaled(c, self.width)
+    bn = lambda name: BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name=name)
+    mixed_bn = lambda name: MixedBatchNorm(axis_name=self.axis_name, dtype=self.dtype, name=name)
+    self.backbone = ResNet(depth=self.depth, deep_stem=self.deep_stem, width=self.width,
+                           output_stride=self.output_stride, axis_name=self.axis_name,
+                           dtype=self.dtype)
+    self.aspp = ASPP(features=w(256), rates=tuple(self.aspp_rates), axis_name=self.axis_name,
+                     dtype=self.dtype, atrous_impl=self.atrous_impl)
+    self.head_conv = conv(w(256), 3, dtype=self.dtype)
+    self.head_bn = bn("head_bn")
+    self.low_conv = conv(w(48), 1, use_bias=True, dtype=self.dtype)
+    self.low_bn = bn("low_bn")
+    self.classifier_conv1 = conv(w(256), 3, use_bias=True, dtype=self.dtype)
+    self.classifier_bn1 = mixed_bn("classifier_bn1")
+    self.classifier_conv2 = conv(w(256), 3, use_bias=True, dtype=self.dtype)
+    self.classifier_bn2 = mixed_bn("classifier_bn2")
+    self.final = conv(self.num_classes, 1, use_bias=True, dtype=self.dtype)
+    self.dropout = dropout2d(self.dropout_rate)
+
+  def encode(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """Image (N, H, W, 3) -> classifier input u (N, H/4, W/4, 304)."""
+    return self.head(*self.backbone(x, train), train)
+
+  def head(self, low: jnp.ndarray, high: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """Backbone outputs (stride 4 and stride 16) -> classifier input u: ASPP, its
+    projection, the low-level projection, upsampling and concatenation."""
+    head = self.aspp(high, train)
+    head = nn.relu(self.head_bn(self.head_conv(head), train))
+    head = self.dropout(head, deterministic=not train)
+    low = nn.relu(self.low_bn(self.low_conv(low), train))
+    head = resize_bilinear(head, low.shape[1:3])
+    return jnp.concatenate([low, head], axis=-1)
+
+  def features(self, u: jnp.ndarray, train: bool, perturbed: bool = False) -> jnp.ndarray:
+    """Classifier block: u -> pixel features v (N, h, w, 256).
+
+    `perturbed` selects the auxiliary BatchNorm parameters and statistics.
+    """
+    v = u.astype(self.dtype)
+    for conv_layer, bn_layer in ((self.classifier_conv1, self.classifier_bn1),
+                                 (self.classifier_conv2, self.classifier_bn2)):
+      v = nn.relu(bn_layer(conv_layer(v), train, perturbed))
+      v = self.dropout(v, deterministic=not train)
+    return v
+
+  def classify(self, v: jnp.ndarray) -> jnp.ndarray:
+    """Pixel features v -> float32 logits at the same resolution."""
+    return self.final(v.astype(self.dtype)).astype(jnp.float32)
+
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """Image -> float32 logits at stride 4 (129 x 129 for a 513 x 513 input)."""
+    return self.classify(self.features(self.encode(x, train), train))

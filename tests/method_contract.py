@@ -1,0 +1,75 @@
+"""The contract run of a method: what the method tests of this folder read.
+
+`ContractRun(name)` trains method `name` of `ddfp_jax.methods.METHODS` through every phase
+of its run (on 2 devices; unless `light`, its last phase also on 1 and a step after a
+checkpoint round trip) and keeps what it saw, so that many tests read one compiled run.
+tests/methods/conftest.py serves it as the fixture `contract_run`.
+"""
+import jax
+
+from ddfp_jax.training.checkpoint import Checkpointer
+from ddfp_jax.training.state import create_train_state
+from ddfp_jax.training.step import pmap_train_step, replicate, run_phases
+from tiny import synthetic_batch, tiny_config
+
+# What makes a method's step depend on how the batch is split over devices: randomness
+# drawn per device (dropout masks, CutMix boxes, the flow's noise and pixel sample, and
+# the noise of the random / CCT / dropout / VAT perturbations). The device-count check
+# switches it off, as the release's results would depend on the split too.
+SPLIT_INVARIANT = {
+    "model.dropout_rate": 0.0, "semi.cutmix_prob": 0.0, "ddfp.flow.noise_std": 0.0,
+    "ddfp.flow.num_samples": 4096, "random.eps": 0.0, "cct_noise.uniform_range": 0.0,
+    "channel_dropout.rate": 0.0, "vat.eps": 0.0,
+}
+
+
+def contract_config(name):
+  return tiny_config(method=name, **SPLIT_INVARIANT, **{
+      "semi.ema_decay": 0.9, "total_steps": 100, "optim.lr_scaling": "none",
+      "data.labeled_per_device": 2, "data.unlabeled_per_device": 2})
+
+
+class ContractRun:
+  """One method's steps through every phase of its run, on 2 devices and on 1."""
+
+  def __init__(self, name, tmp_dir, light=False):
+    self.name = name
+    self.config = config = contract_config(name)
+    self.phases = run_phases(config)
+    devices = jax.local_devices()
+    self.p2 = pmap_train_step(config, devices=devices[:2])
+    p1 = pmap_train_step(config, devices=devices[:1])
+    # The 1-device batch holds both devices' examples, labeled and unlabeled in order.
+    self.batch2 = {k: v.reshape(2, v.shape[1] // 2, *v.shape[2:])
+                   for k, v in synthetic_batch(
+                       tiny_config(**{"data.labeled_per_device": 4,
+                                      "data.unlabeled_per_device": 4}), 1, seed=3).items()}
+    batch1 = {k: v.reshape(1, -1, *v.shape[2:]) for k, v in self.batch2.items()}
+    initial = create_train_state(config, jax.random.key(0))
+    s2 = replicate(initial, devices[:2])
+    self.steps = []   # (phase, state before, state after, metrics) of the 2-device run
+    for phase in self.phases:
+      for _ in range(2):   # a second step in the same phase must not trace again
+        new, metrics = self.p2(s2, self.batch2, phase)
+        self.steps.append((phase, s2, new, jax.device_get(metrics)))
+        s2 = new
+    self.final_2 = s2
+    if light:
+      return
+    # The last phase (every branch of the method) again on one device, from the state
+    # before it: two steps, so that the first update's effects are compared too.
+    before_last = self.steps[-2][1]
+    s1 = replicate(jax.device_get(before_last), devices[:1])
+    for _ in range(2):
+      s1, m1 = p1(s1, batch1, self.phases[-1])
+    self.final_1 = s1
+    self.split = (jax.device_get(self.steps[-1][3]), jax.device_get(m1))
+    # Saved and restored into a fresh process's target (the initial state: the optimiser
+    # is the same object, so the compiled step is reused): the next step must be the
+    # same, bit for bit.
+    with Checkpointer(str(tmp_dir / name)) as ckpt:
+      ckpt.save(int(s2.step), s2, force=True)
+      ckpt.wait()
+      restored = ckpt.restore(initial)
+    self.resumed = (self.p2(s2, self.batch2, self.phases[-1]),
+                    self.p2(replicate(restored, devices[:2]), self.batch2, self.phases[-1]))

@@ -1,0 +1,177 @@
+"""Trainer and CLI: exact resume, non-finite stop, config errors, dataset preparation in
+a multi-process run, end to end."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ddfp_jax.training import trainer
+from ddfp_jax.training.checkpoint import Checkpointer
+from ddfp_jax.config.check import ConfigError, check_config
+from ddfp_jax.data.errors import DatasetError
+from ddfp_jax.training.state import create_train_state
+from tiny import demo_cli_overrides, tiny_config
+import paths
+
+REPO = str(paths.REPO)
+
+
+def demo_config(data_dir, **overrides):
+  """The tiny model on a small demo set: steps 0 warm-up, 1 flow, 2-3 DDFP."""
+  base = {
+      "total_steps": 4, "steps_per_epoch": 1, "data.num_classes": 11,
+      "data.data_dir": str(data_dir), "data.demo_image_size": 48, "data.demo_labeled": 8,
+      "data.demo_unlabeled": 16, "data.demo_validation": 6, "data.eval_per_device": 2,
+      "train.eval_every": 1000, "train.checkpoint_every": 2, "train.log_every": 1,
+  }
+  base.update(overrides)
+  return tiny_config(**base)
+
+
+def _restore(config, workdir, step):
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    return ckpt.restore(create_train_state(config, jax.random.key(0)), step)
+
+
+def _assert_identical(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
+  # With the flow's FlowGMM classification evaluated too (the same phases either way:
+  # DDFP trains the flow anyway), so that one pair of runs checks both.
+  config = demo_config(tmp_path / "tfds", **{"ddfp.eval_flow": True})
+  straight = str(tmp_path / "straight")
+  results = trainer.train_and_evaluate(config, straight)
+  assert 0.0 <= results["teacher/miou"] <= 1.0 and 0.0 <= results["student/miou"] <= 1.0
+  assert 0.0 <= results["teacher/flow_miou"] <= 1.0
+  assert results["teacher/flow_per_class_iou"].shape == (11,)
+  assert "student/flow_miou" not in results   # FlowGMM scores the teacher's features
+
+  # Stop after 2 steps (the checkpoint is written), start again with the same command.
+  resumed = str(tmp_path / "resumed")
+  chunked = demo_config(tmp_path / "tfds", **{"ddfp.eval_flow": True,
+                                               "train.steps_this_run": 2})
+  assert trainer.train_and_evaluate(chunked, resumed) == {}
+  with Checkpointer(os.path.join(resumed, "checkpoints")) as ckpt:
+    assert ckpt.latest_step() == 2
+  results_resumed = trainer.train_and_evaluate(chunked, resumed)
+
+  # Same checkpoint at the stop, same final state (teacher, flow, optimisers, RNG) and
+  # the same final evaluation.
+  _assert_identical(_restore(config, straight, 2), _restore(config, resumed, 2))
+  _assert_identical(_restore(config, straight, 4), _restore(config, resumed, 4))
+  assert results_resumed["teacher/miou"] == results["teacher/miou"]
+  assert results_resumed["student/miou"] == results["student/miou"]
+  assert results_resumed["teacher/flow_miou"] == results["teacher/flow_miou"]
+
+
+def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+  config = demo_config(tmp_path / "tfds", **{
+      "optim.learning_rate": 1e12, "train.checkpoint_every": 1, "total_steps": 6,
+      "steps_per_epoch": 3})
+  workdir = str(tmp_path / "run")
+  with pytest.raises(trainer.NonFiniteError, match="not finite") as err:
+    trainer.train_and_evaluate(config, workdir)
+  message = str(err.value)
+  assert "Training stopped at step" in message and "learning rate" in message
+  with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+    last = ckpt.latest_step()
+  assert last is not None and f"step {last}" in message
+  state = _restore(config, workdir, last)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state)
+             if np.asarray(x).dtype.kind == "f")
+
+
+def test_config_check_names_missing_unknown_and_mistyped_keys():
+  config = tiny_config()
+  check_config(config)
+  config.unlock()
+  del config.ddfp["eps"]
+  config.model.dept = 50
+  del config.ddfp.flow["hidden"]   # a config file that rebuilds a field with the wrong type
+  config.ddfp.flow.hidden = "wide"
+  with pytest.raises(ConfigError) as err:
+    check_config(config)
+  message = str(err.value)
+  assert "missing key(s) ddfp.eps" in message
+  assert "unknown key 'model.dept' (did you mean 'model.depth'?)" in message
+  assert "'ddfp.flow.hidden' should be a int" in message
+
+
+def _run_cli(*args, cwd=REPO):
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=cwd,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_trains_then_evaluates_end_to_end(tmp_path):
+  """The method comes after the config file's name (DDFP runs through main.py in the
+  multi-process tests)."""
+  workdir = str(tmp_path / "run")
+  args = ["--config", "configs/demo.py:fixmatch", "--workdir", workdir,
+          *demo_cli_overrides(tmp_path / "tfds")]
+  out = _run_cli(*args)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Final (step 2): teacher mIoU" in out.stdout
+  assert "(method fixmatch)" in out.stdout
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "latest", "2"))
+  evaluated = _run_cli(*args, "--mode", "eval")
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert "Checkpoint step 2: teacher mIoU" in evaluated.stdout
+
+
+def test_cli_rejects_unknown_override_and_missing_config_cleanly(tmp_path):
+  out = _run_cli("--config", "configs/demo.py", "--workdir", str(tmp_path),
+                 "--config.model.dept=50")
+  assert out.returncode == 2
+  assert 'Did you mean "depth"' in out.stderr and "Traceback" not in out.stderr
+  out = _run_cli("--config", "configs/demo.py:fixmach", "--workdir", str(tmp_path))
+  assert out.returncode == 1
+  assert "method 'fixmach' is unknown (did you mean 'fixmatch'?)" in out.stderr
+  assert "Traceback" not in out.stderr and not os.listdir(tmp_path)
+  out = _run_cli("--config", "configs/nope.py", "--workdir", str(tmp_path))
+  assert out.returncode == 2
+  assert "config file cannot be loaded" in out.stderr and "Traceback" not in out.stderr
+  out = _run_cli("--config", "configs/demo.py", "--workdir", str(tmp_path / "empty"),
+                 "--mode", "eval")
+  assert out.returncode == 1
+  assert "No checkpoint to evaluate" in out.stderr and "Traceback" not in out.stderr
+
+
+def _as_process(monkeypatch, index, told=None):
+  """This process as process `index` of 2; process 0's broadcast value is `told` for the
+  others. Returns the values this process broadcasts."""
+  sent = []
+  monkeypatch.setattr(jax, "process_index", lambda: index)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+
+  def broadcast(value):
+    sent.append(int(value))
+    return np.int32(value if index == 0 else told)
+  monkeypatch.setattr(trainer.multihost_utils, "broadcast_one_to_all", broadcast)
+  return sent
+
+
+def test_a_dataset_process_0_cannot_prepare_stops_every_process(tmp_path, monkeypatch):
+  # Cityscapes, not prepared in data_dir and no manual_dir: preparing it fails.
+  config = tiny_config(**{"data.name": "cityscapes", "data.data_dir": str(tmp_path)})
+  # Process 0 tells the others, then raises its own error.
+  sent = _as_process(monkeypatch, 0)
+  with pytest.raises(DatasetError, match="needs the prepared TFDS files of cityscapes"):
+    trainer._prepare_data(config)
+  assert sent == [0]
+  # Another process does not prepare (that would raise the error above): it raises
+  # an error pointing at process 0's log, or goes on when process 0 succeeded.
+  sent = _as_process(monkeypatch, 1, told=0)
+  with pytest.raises(DatasetError) as err:
+    trainer._prepare_data(config)
+  assert str(err.value) == ("process 0 could not prepare the dataset 'cityscapes', so "
+                            "process 1 of 2 stops too; the cause is in process 0's log.")
+  assert sent == [1]
+  _as_process(monkeypatch, 1, told=1)
+  trainer._prepare_data(config)
