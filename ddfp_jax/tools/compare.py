@@ -1,0 +1,426 @@
+r"""Compares methods on one config: methods x seeds (x one swept key), resumable.
+
+  python -m ddfp_jax.tools.compare --name demo_table4 --config configs/demo.py \
+      --methods supervised fixmatch random cct_noise channel_dropout vat ddfp \
+      --variant upper_bound=supervised,data.all_labeled=True \
+      --seeds 0 1 2 --workdir /tmp/compare --parallel 2
+  python -m ddfp_jax.tools.compare --name demo_eps --config configs/demo.py \
+      --methods ddfp --sweep ddfp.eps=1,2,4,8 --seeds 0 1 2 --workdir /tmp/compare
+
+Every run is `python main.py --config CONFIG --workdir WORKDIR/NAME/RUN
+--config.method=METHOD --config.seed=SEED [overrides]`, as a separate process. A run
+that finished has a `result.json` in its directory and is not run again; a run that was
+stopped (the harness killed, a machine lost) is started again with the same command and
+resumes from its last checkpoint, so the same command continues a half-finished sweep.
+`--parallel N` runs N at once, each pinned to its share of this process's CPUs (on a GPU
+machine, give each run its own devices with --devices_per_run instead).
+
+Written to OUT (default results/): NAME.json (every run's final metrics, per-class IoU,
+validation mIoU over the steps, wall time, the command, hardware and date; the mean and
+sample standard deviation over seeds of each variant), NAME.md (the table), NAME_miou.png
+(final mIoU per variant with error bars) and NAME_curves.png (validation mIoU over
+training steps, mean over seeds). `--report_only` rewrites them from the finished runs.
+The same command works for real-data configs (e.g. configs/ddfp/pascal_732.py on GPUs).
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ddfp_jax.runtime import hostinfo
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULT = "result.json"          # in a run's directory once it finished
+HISTORY = "eval_history.jsonl"  # written by the trainer at every evaluation
+RUN_INFO = "run_info.json"      # written by the trainer when a run starts
+MODELS = ("teacher", "student")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One row of the comparison: a method with its overrides."""
+  label: str
+  method: str
+  overrides: Tuple[Tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  variant: Variant
+  seed: int
+
+  @property
+  def name(self) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in self.variant.label)
+    return f"{safe}_s{self.seed}"
+
+
+class HarnessError(RuntimeError):
+  """A sweep that cannot be run as asked; the message says what to change."""
+
+
+def _split_top_level(text: str) -> List[str]:
+  """Splits on commas outside brackets, so tuple values stay whole: "a=(1,2),b=3"."""
+  parts, depth, current = [], 0, ""
+  for char in text:
+    if char in "([":
+      depth += 1
+    elif char in ")]":
+      depth -= 1
+    if char == "," and depth == 0:
+      parts.append(current)
+      current = ""
+    else:
+      current += char
+  return parts + [current]
+
+
+def parse_variant(text: str) -> Variant:
+  """"LABEL=METHOD[,KEY=VALUE...]" -> Variant (values may be tuples: "(0.75,1.25)")."""
+  label, sep, rest = text.partition("=")
+  if not sep or not rest:
+    raise HarnessError(f"--variant {text!r} must read LABEL=METHOD[,KEY=VALUE...], e.g. "
+                       "upper_bound=supervised,data.all_labeled=True.")
+  method, *pairs = _split_top_level(rest)
+  overrides = []
+  for pair in pairs:
+    key, sep, value = pair.partition("=")
+    if not sep:
+      raise HarnessError(f"--variant {text!r}: {pair!r} is not KEY=VALUE.")
+    overrides.append((key, value))
+  return Variant(label, method, tuple(overrides))
+
+
+def parse_sweep(text: Optional[str]) -> Tuple[Optional[str], List[str]]:
+  """"KEY=V1,V2,..." -> (KEY, [V1, V2, ...]); None -> (None, [])."""
+  if not text:
+    return None, []
+  key, sep, values = text.partition("=")
+  if not sep or not values:
+    raise HarnessError(f"--sweep {text!r} must read KEY=V1,V2,..., e.g. ddfp.eps=1,2,4,8.")
+  return key, _split_top_level(values)
+
+
+def variants(methods: Sequence[str], extra: Sequence[str],
+             sweep: Optional[str]) -> List[Variant]:
+  """The rows: each method, each --variant; with a sweep, each of them at each value."""
+  rows = [Variant(m, m) for m in methods] + [parse_variant(v) for v in extra]
+  key, values = parse_sweep(sweep)
+  if key is None:
+    return rows
+  return [Variant(f"{v.label}@{key}={value}", v.method, v.overrides + ((key, value),))
+          for v in rows for value in values]
+
+
+def command(config: str, run_dir: str, run: Run, common: Sequence[str]) -> List[str]:
+  overrides = [f"--config.{k}={v}" for k, v in run.variant.overrides]
+  return [sys.executable, os.path.join(REPO, "main.py"), "--config", config, "--workdir",
+          run_dir, f"--config.method={run.variant.method}", f"--config.seed={run.seed}",
+          *common, *overrides]
+
+
+def read_history(run_dir: str) -> List[dict]:
+  """The run's evaluations in step order (a resumed run may repeat a step: last wins)."""
+  path = os.path.join(run_dir, HISTORY)
+  if not os.path.exists(path):
+    return []
+  by_step = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        record = json.loads(line)
+        by_step[record["step"]] = record
+  return [by_step[s] for s in sorted(by_step)]
+
+
+def finish(run: Run, run_dir: str, cmd: Sequence[str], wall_s: float) -> dict:
+  """Reads a finished run's directory into its result record (and writes result.json)."""
+  history = read_history(run_dir)
+  if not history:
+    raise HarnessError(f"{run_dir} has no {HISTORY}: the run evaluated nothing.")
+  final = history[-1]
+  info = {}
+  if os.path.exists(os.path.join(run_dir, RUN_INFO)):
+    with open(os.path.join(run_dir, RUN_INFO)) as f:
+      info = json.load(f)
+  result = {"label": run.variant.label, "method": run.variant.method, "seed": run.seed,
+            "overrides": dict(run.variant.overrides), "step": final["step"],
+            "wall_s": round(wall_s, 1), "command": " ".join(cmd[1:]),
+            "devices": info.get("devices"), "history": history}
+  for model in MODELS:
+    if f"{model}/miou" in final:
+      result[f"{model}_miou"] = final[f"{model}/miou"]
+      result[f"{model}_per_class_iou"] = final[f"{model}/per_class_iou"]
+  with open(os.path.join(run_dir, RESULT), "w") as f:
+    json.dump(result, f, indent=1)
+  return result
+
+
+def _cpu_sets(parallel: int) -> List[List[int]]:
+  cpus = sorted(os.sched_getaffinity(0))
+  share = max(1, len(cpus) // parallel)
+  return [cpus[i * share:(i + 1) * share] or cpus for i in range(parallel)]
+
+
+def _device_env(slot: int, devices_per_run: int) -> Dict[str, str]:
+  if devices_per_run <= 0:
+    return {}
+  ids = ",".join(str(slot * devices_per_run + i) for i in range(devices_per_run))
+  return {"CUDA_VISIBLE_DEVICES": ids}
+
+
+def run_all(runs: Sequence[Run], config: str, root: str, common: Sequence[str],
+            parallel: int, devices_per_run: int = 0, log=print) -> List[dict]:
+  """Runs every unfinished run, `parallel` at a time; returns every finished result."""
+  todo = [r for r in runs if not os.path.exists(os.path.join(root, r.name, RESULT))]
+  log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to run.")
+  cpu_sets = _cpu_sets(parallel)
+  free = list(range(parallel))
+  active = {}   # slot -> (run, process, start, command, log file)
+  failed = []
+  while todo or active:
+    while todo and free:
+      slot, run = free.pop(0), todo.pop(0)
+      run_dir = os.path.join(root, run.name)
+      os.makedirs(run_dir, exist_ok=True)
+      cmd = command(config, run_dir, run, common)
+      log_file = open(os.path.join(run_dir, "main.log"), "a")
+      env = dict(os.environ, **_device_env(slot, devices_per_run))
+      cpus = cpu_sets[slot]
+      proc = subprocess.Popen(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                              env=env, preexec_fn=lambda c=cpus: os.sched_setaffinity(0, c))
+      active[slot] = (run, proc, time.time(), cmd, log_file)
+      log(f"started {run.name} on CPUs {cpus}")
+    time.sleep(1.0)
+    for slot in list(active):
+      run, proc, start, cmd, log_file = active[slot]
+      if proc.poll() is None:
+        continue
+      log_file.close()
+      del active[slot]
+      free.append(slot)
+      run_dir = os.path.join(root, run.name)
+      wall = _add_wall(run_dir, time.time() - start)
+      if proc.returncode != 0:
+        failed.append(run)
+        log(f"FAILED {run.name} (exit {proc.returncode}); log: {run_dir}/main.log")
+        continue
+      result = finish(run, run_dir, cmd, wall)
+      log(f"finished {run.name}: " + ", ".join(
+          f"{m} {100 * result[f'{m}_miou']:.2f}" for m in MODELS if f"{m}_miou" in result))
+  if failed:
+    raise HarnessError(f"{len(failed)} run(s) failed: {', '.join(r.name for r in failed)}; "
+                       "their logs are main.log in their directories. The same command "
+                       "reruns them (finished runs are kept).")
+  return collect(runs, root)
+
+
+def _add_wall(run_dir: str, seconds: float) -> float:
+  """Wall time over every attempt of a run (a resumed run adds to its earlier time)."""
+  path = os.path.join(run_dir, "wall_s.txt")
+  total = seconds
+  if os.path.exists(path):
+    with open(path) as f:
+      total += float(f.read().strip() or 0)
+  with open(path, "w") as f:
+    f.write(f"{total:.1f}\n")
+  return total
+
+
+def collect(runs: Sequence[Run], root: str) -> List[dict]:
+  results = []
+  for run in runs:
+    path = os.path.join(root, run.name, RESULT)
+    if os.path.exists(path):
+      with open(path) as f:
+        results.append(json.load(f))
+  return results
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+  """Mean and sample standard deviation (n - 1 in the denominator; 0 for one value)."""
+  n = len(values)
+  mean = sum(values) / n
+  if n < 2:
+    return mean, 0.0
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def summarize(results: Sequence[dict], order: Sequence[str]) -> List[dict]:
+  """Per variant (in `order`): seeds, mean ± std of the final mIoU of teacher and student,
+  the per-class IoU averaged over seeds, and the wall time."""
+  rows = []
+  for label in order:
+    group = [r for r in results if r["label"] == label]
+    if not group:
+      continue
+    row = {"label": label, "method": group[0]["method"],
+           "seeds": sorted(r["seed"] for r in group), "step": group[0]["step"],
+           "wall_s": mean_std([r["wall_s"] for r in group])[0]}
+    for model in MODELS:
+      values = [r[f"{model}_miou"] for r in group if f"{model}_miou" in r]
+      if len(values) == len(group):
+        row[f"{model}_miou_mean"], row[f"{model}_miou_std"] = mean_std(values)
+        per_class = [r[f"{model}_per_class_iou"] for r in group]
+        row[f"{model}_per_class_iou_mean"] = [_mean_of_seen(c) for c in zip(*per_class)]
+    rows.append(row)
+  return rows
+
+
+def _mean_of_seen(values: Sequence[Optional[float]]) -> Optional[float]:
+  """Mean over the seeds in which a class occurred (its IoU is None where it did not)."""
+  seen = [v for v in values if v is not None]
+  return sum(seen) / len(seen) if seen else None
+
+
+def _pct(mean: float, std: float) -> str:
+  return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def markdown(name: str, rows: Sequence[dict], meta: dict) -> str:
+  lines = [f"# {name}", "",
+           f"`{meta['command']}`", "",
+           f"Config {meta['config']}; seeds {meta['seeds']}; {meta['hardware']}; "
+           f"{meta['date']}. mIoU in % on the validation set after the last step "
+           "(mean ± sample std over seeds); wall time per run includes start-up and "
+           "compilation.", "",
+           "| variant | method | seeds | teacher mIoU | student mIoU | steps | wall time per run |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    cells = [_pct(r[f"{m}_miou_mean"], r[f"{m}_miou_std"]) if f"{m}_miou_mean" in r else "-"
+             for m in MODELS]
+    lines.append(f"| {r['label']} | {r['method']} | {len(r['seeds'])} | {cells[0]} | "
+                 f"{cells[1]} | {r['step']} | {r['wall_s'] / 60:.1f} min |")
+  lines += ["", "Per-class IoU (%, teacher, mean over seeds):", "",
+            "| variant | " + " | ".join(str(i) for i in range(_num_classes(rows))) + " |",
+            "|---|" + "---|" * _num_classes(rows)]
+  for r in rows:
+    per_class = r.get("teacher_per_class_iou_mean", [])
+    lines.append(f"| {r['label']} | " + " | ".join(
+        "-" if c is None or (isinstance(c, float) and math.isnan(c)) else f"{100 * c:.1f}"
+        for c in per_class) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def _num_classes(rows) -> int:
+  return max((len(r.get("teacher_per_class_iou_mean", [])) for r in rows), default=0)
+
+
+def plot(name: str, rows: Sequence[dict], results: Sequence[dict], out: str) -> List[str]:
+  """NAME_miou.png (bars with error bars) and NAME_curves.png; returns their paths."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  paths = []
+  fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows) + 1.5), 3.6))
+  width = 0.38
+  for k, model in enumerate(MODELS):
+    xs = [i + (k - 0.5) * width for i in range(len(rows))]
+    means = [100 * r.get(f"{model}_miou_mean", float("nan")) for r in rows]
+    stds = [100 * r.get(f"{model}_miou_std", 0.0) for r in rows]
+    ax.bar(xs, means, width, yerr=stds, capsize=3, label=model)
+  ax.set_xticks(range(len(rows)))
+  ax.set_xticklabels([r["label"] for r in rows], rotation=30, ha="right")
+  ax.set_ylabel("validation mIoU (%)")
+  ax.set_title(f"{name}: final mIoU, mean ± std over seeds")
+  ax.legend()
+  fig.tight_layout()
+  paths.append(os.path.join(out, f"{name}_miou.png"))
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6.4, 3.8))
+  for r in rows:
+    curves = [res["history"] for res in results if res["label"] == r["label"]]
+    steps = sorted(set.intersection(*(set(h["step"] for h in c) for c in curves)))
+    means = [100 * sum(next(h["teacher/miou"] for h in c if h["step"] == s) for c in curves)
+             / len(curves) for s in steps]
+    ax.plot(steps, means, marker="o", label=r["label"])
+  ax.set_xlabel("step")
+  ax.set_ylabel("teacher validation mIoU (%)")
+  ax.set_title(f"{name}: validation mIoU over training (mean over seeds)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  paths.append(os.path.join(out, f"{name}_curves.png"))
+  fig.savefig(paths[-1], dpi=120)
+  plt.close(fig)
+  return paths
+
+
+def hardware(results: Sequence[dict]) -> str:
+  devices = sorted({d for r in results for d in (r.get("devices") or [])})
+  where = f"{hostinfo.cpu_model()}, {hostinfo.usable_cpus()} CPUs"
+  return where + (f"; devices: {', '.join(devices)}" if devices else "")
+
+
+def report(name: str, runs: Sequence[Run], order: Sequence[str], root: str, out: str,
+           meta: dict) -> dict:
+  """Writes NAME.{json,md} and the plots from the finished runs; returns the summary."""
+  results = collect(runs, root)
+  if not results:
+    raise HarnessError(f"no finished run under {root} yet: nothing to report.")
+  rows = summarize(results, order)
+  meta = dict(meta, hardware=hardware(results), date=datetime.date.today().isoformat(),
+              python=platform.python_version(), finished=len(results), planned=len(runs))
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, f"{name}.json"), "w") as f:
+    json.dump({"meta": meta, "summary": rows, "runs": results}, f, indent=1)
+  with open(os.path.join(out, f"{name}.md"), "w") as f:
+    f.write(markdown(name, rows, meta))
+  plot(name, rows, results, out)
+  return {"meta": meta, "summary": rows}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m ddfp_jax.tools.compare", description=__doc__.split("\n")[0])
+  parser.add_argument("--name", required=True, help="results/NAME.{json,md,png}")
+  parser.add_argument("--config", required=True, help="config file for every run")
+  parser.add_argument("--methods", nargs="*", default=[], help="method names")
+  parser.add_argument("--variant", action="append", default=[],
+                      help="LABEL=METHOD[,KEY=VALUE...]: a method with overrides")
+  parser.add_argument("--sweep", default=None, help="KEY=V1,V2,...: every row at each value")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--workdir", required=True, help="runs go to WORKDIR/NAME/RUN")
+  parser.add_argument("--out", default=os.path.join(REPO, "results"))
+  parser.add_argument("--parallel", type=int, default=1, help="runs at once")
+  parser.add_argument("--devices_per_run", type=int, default=0,
+                      help="GPUs per run (CUDA_VISIBLE_DEVICES); 0: leave as is")
+  parser.add_argument("--report_only", action="store_true")
+  parser.add_argument("overrides", nargs="*", help="--config.KEY=VALUE for every run "
+                      "(after --)")
+  args = parser.parse_args(argv)
+  try:
+    rows = variants(args.methods, args.variant, args.sweep)
+    if not rows:
+      raise HarnessError("nothing to compare: name --methods and/or --variant.")
+    runs = [Run(v, s) for s in args.seeds for v in rows]
+    root = os.path.join(args.workdir, args.name)
+    meta = {"config": args.config, "seeds": args.seeds, "sweep": args.sweep,
+            "variants": [dataclasses.asdict(v) for v in rows], "overrides": args.overrides,
+            "command": "python -m ddfp_jax.tools.compare " + " ".join(
+                a for a in (argv if argv is not None else sys.argv[1:]))}
+    if not args.report_only:
+      run_all(runs, args.config, root, args.overrides, args.parallel, args.devices_per_run)
+    summary = report(args.name, runs, [v.label for v in rows], root, args.out, meta)
+  except HarnessError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for row in summary["summary"]:
+    print(f"{row['label']}: teacher {_pct(row['teacher_miou_mean'], row['teacher_miou_std'])}"
+          f", student {_pct(row['student_miou_mean'], row['student_miou_std'])} "
+          f"({len(row['seeds'])} seeds)")
+  print(f"results: {os.path.join(args.out, args.name)}.{{json,md}}, "
+        f"{args.name}_miou.png, {args.name}_curves.png")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,124 @@
+"""The comparison harness: sweeps, resume, aggregation and its files."""
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from ddfp_jax.tools import compare
+from paths import REPO
+from tiny import demo_cli_overrides
+
+
+def test_variants_of_methods_extra_rows_and_a_sweep():
+  rows = compare.variants(["ddfp"], ["upper=supervised,data.all_labeled=True"],
+                          "ddfp.eps=1,4")
+  assert [r.label for r in rows] == ["ddfp@ddfp.eps=1", "ddfp@ddfp.eps=4",
+                                     "upper@ddfp.eps=1", "upper@ddfp.eps=4"]
+  assert rows[2] == compare.Variant("upper@ddfp.eps=1", "supervised",
+                                    (("data.all_labeled", "True"), ("ddfp.eps", "1")))
+  tuples = compare.parse_variant("v=supervised,data.scale_range=(0.75,1.25),data.flip_prob=0")
+  assert tuples.overrides == (("data.scale_range", "(0.75,1.25)"), ("data.flip_prob", "0"))
+  assert compare.parse_sweep("data.scale_range=(0.5,2.0),(1,1)")[1] == ["(0.5,2.0)", "(1,1)"]
+  with pytest.raises(compare.HarnessError, match="LABEL=METHOD"):
+    compare.parse_variant("supervised")
+  with pytest.raises(compare.HarnessError, match="KEY=V1,V2"):
+    compare.parse_sweep("ddfp.eps")
+
+
+def _result(label, seed, teacher, student, per_class):
+  return {"label": label, "method": label, "seed": seed, "step": 10, "wall_s": 60.0 + seed,
+          "teacher_miou": teacher, "student_miou": student,
+          "teacher_per_class_iou": per_class, "student_per_class_iou": per_class,
+          "history": [{"step": 5, "teacher/miou": teacher / 2},
+                      {"step": 10, "teacher/miou": teacher}]}
+
+
+def test_summary_is_the_mean_and_sample_std_over_seeds():
+  teacher = [0.30, 0.36, 0.33]
+  results = [_result("a", s, t, t + 0.01, [t, 1 - t]) for s, t in enumerate(teacher)]
+  results.append(_result("b", 0, 0.5, 0.4, [0.5, 0.5]))
+  rows = compare.summarize(results, ["b", "a", "missing"])
+  assert [r["label"] for r in rows] == ["b", "a"]   # the given order; absent rows left out
+  a = rows[1]
+  assert a["seeds"] == [0, 1, 2]
+  assert a["teacher_miou_mean"] == pytest.approx(np.mean(teacher))
+  assert a["teacher_miou_std"] == pytest.approx(np.std(teacher, ddof=1))
+  assert a["student_miou_mean"] == pytest.approx(np.mean(teacher) + 0.01)
+  np.testing.assert_allclose(a["teacher_per_class_iou_mean"],
+                             [np.mean(teacher), 1 - np.mean(teacher)])
+  assert a["wall_s"] == pytest.approx(61.0)
+  assert rows[0]["teacher_miou_std"] == 0.0   # one seed: no spread
+  assert compare.mean_std([1.0, 3.0]) == (2.0, math.sqrt(2.0))
+
+
+# A stand-in for main.py: writes what the trainer writes (eval_history.jsonl) with a
+# mIoU made from the method and seed, so the aggregation can be checked; it fails once
+# for the run named in FAIL_ONCE, as a run killed halfway would.
+FAKE_MAIN = r'''
+import json, os, sys
+args = dict(a.split("=", 1) for a in sys.argv[1:] if a.startswith("--config."))
+workdir = sys.argv[sys.argv.index("--workdir") + 1]
+marker = os.path.join(workdir, "attempts")
+attempts = int(open(marker).read()) + 1 if os.path.exists(marker) else 1
+open(marker, "w").write(str(attempts))
+if os.environ.get("FAIL_ONCE") == os.path.basename(workdir) and attempts == 1:
+  sys.exit(3)
+miou = {"supervised": 0.2, "ddfp": 0.3}[args["--config.method"]] + 0.01 * int(args["--config.seed"])
+with open(os.path.join(workdir, "eval_history.jsonl"), "a") as f:
+  for step in (1, 2):
+    f.write(json.dumps({"step": step, "teacher/miou": miou * step / 2, "student/miou": miou,
+                        "teacher/per_class_iou": [miou, None],
+                        "student/per_class_iou": [miou, None]}) + "\n")
+json.dump({"devices": ["cpu"]}, open(os.path.join(workdir, "run_info.json"), "w"))
+'''
+
+
+def test_sweep_resumes_and_writes_the_table_and_plots(tmp_path, monkeypatch):
+  fake = tmp_path / "fake_main.py"
+  fake.write_text(FAKE_MAIN)
+  monkeypatch.setattr(compare, "command", lambda config, run_dir, run, common: [
+      sys.executable, str(fake), "--workdir", run_dir, f"--config.method={run.variant.method}",
+      f"--config.seed={run.seed}"])
+  monkeypatch.setenv("FAIL_ONCE", "ddfp_s1")
+  argv = ["--name", "toy", "--config", "configs/demo.py", "--methods", "supervised", "ddfp",
+          "--seeds", "0", "1", "--workdir", str(tmp_path / "runs"), "--out",
+          str(tmp_path / "results"), "--parallel", "2"]
+  # First pass: ddfp_s1 fails; the others finish and are kept.
+  assert compare.main(argv) == 2
+  root = tmp_path / "runs" / "toy"
+  assert sorted(p.name for p in root.iterdir() if (p / "result.json").exists()) == [
+      "ddfp_s0", "supervised_s0", "supervised_s1"]
+  # Second pass: only the failed run runs again.
+  assert compare.main(argv) == 0
+  attempts = {p.name: int((p / "attempts").read_text()) for p in root.iterdir()}
+  assert attempts == {"supervised_s0": 1, "supervised_s1": 1, "ddfp_s0": 1, "ddfp_s1": 2}
+  summary = json.loads((tmp_path / "results" / "toy.json").read_text())
+  rows = {r["label"]: r for r in summary["summary"]}
+  assert rows["ddfp"]["teacher_miou_mean"] == pytest.approx(0.305)
+  assert rows["ddfp"]["teacher_miou_std"] == pytest.approx(np.std([0.30, 0.31], ddof=1))
+  assert rows["supervised"]["student_miou_mean"] == pytest.approx(0.205)
+  assert summary["meta"]["finished"] == summary["meta"]["planned"] == 4
+  assert "devices: cpu" in summary["meta"]["hardware"]
+  table = (tmp_path / "results" / "toy.md").read_text()
+  assert "| ddfp | ddfp | 2 | 30.50 ± 0.71 |" in table
+  for png in ("toy_miou.png", "toy_curves.png"):
+    data = (tmp_path / "results" / png).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_a_real_run_of_main_is_read_back(tmp_path):
+  """One tiny demo run through main.py: the trainer's files are what the harness reads."""
+  argv = ["--name", "real", "--config", os.path.join(REPO, "configs", "demo.py"),
+          "--methods", "fixmatch", "--seeds", "0", "--workdir", str(tmp_path / "runs"),
+          "--out", str(tmp_path / "results"), "--",
+          *demo_cli_overrides(tmp_path / "tfds")]
+  assert compare.main(argv) == 0
+  summary = json.loads((tmp_path / "results" / "real.json").read_text())
+  (run,) = summary["runs"]
+  assert run["method"] == "fixmatch" and run["step"] == 2
+  assert 0.0 <= run["teacher_miou"] <= 1.0 and len(run["teacher_per_class_iou"]) == 11
+  assert [h["step"] for h in run["history"]] == [2]
+  assert run["devices"]
