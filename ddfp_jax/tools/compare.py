@@ -288,8 +288,9 @@ def markdown(name: str, rows: Sequence[dict], meta: dict) -> str:
   lines = [f"# {name}", "",
            f"`{meta['command']}`", "",
            f"Config {meta['config']}; seeds {meta['seeds']}; {meta['hardware']}; "
-           f"{meta['date']}. mIoU in % on the validation set after the last step "
-           "(mean ± sample std over seeds); wall time per run includes start-up and "
+           f"{meta['date']}; {meta['parallel']} run(s) at a time, each on "
+           f"{meta['cpus_per_run']} CPU(s). mIoU in % on the validation set after the last "
+           "step (mean ± sample std over seeds); wall time per run includes start-up and "
            "compilation.", "",
            "| variant | method | seeds | teacher mIoU | student mIoU | steps | wall time per run |",
            "|---|---|---|---|---|---|---|"]
@@ -404,6 +405,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runs = [Run(v, s) for s in args.seeds for v in rows]
     root = os.path.join(args.workdir, args.name)
     meta = {"config": args.config, "seeds": args.seeds, "sweep": args.sweep,
+            "parallel": args.parallel, "cpus_per_run": len(_cpu_sets(args.parallel)[0]),
             "variants": [dataclasses.asdict(v) for v in rows], "overrides": args.overrides,
             "command": "python -m ddfp_jax.tools.compare " + " ".join(
                 a for a in (argv if argv is not None else sys.argv[1:]))}

@@ -152,10 +152,12 @@ def test_one_window_over_the_image_equals_whole_image_evaluation_under_pmap(setu
     assert evaluation.window_grid(24, 40, 64, 42, rule) == [(0, 24, 0, 40)]
 
   def run(**kwargs):
-    step = evaluation.make_eval_step(model, K, heads={"flow": flowgmm_head(density)}, axis_name="batch", **kwargs)
+    step = evaluation.make_eval_step(model, K, heads={"flow": flowgmm_head(density)},
+                                     axis_name="batch", **kwargs)
     p_step = jax.pmap(step, axis_name="batch", in_axes=(None, None, 0))
     batches = evaluation.padded_batches(images, labels, devices, 2)
-    return evaluation.evaluate(p_step, variables, batches, head_state={"flow_params": density_params})
+    return evaluation.evaluate(p_step, variables, batches,
+                               head_state={"flow_params": density_params})
 
   whole = run()
   sliding = run(window=64, stride=42)

@@ -74,7 +74,8 @@ def test_pmap_evaluation_counts_every_image_once(setup):
   step = evaluation.make_eval_step(model, num_classes=K, heads={"flow": flowgmm_head(density)},
                                    axis_name="batch")
   p_step = jax.pmap(step, axis_name="batch", in_axes=(None, None, 0))
-  results = evaluation.evaluate(p_step, variables, batches, head_state={"flow_params": density_params})
+  results = evaluation.evaluate(p_step, variables, batches,
+                                head_state={"flow_params": density_params})
 
   conf, flow_conf = _reference(model, variables, density, density_params, images, labels)
   assert results["confusion"].dtype == np.int64
