@@ -30,6 +30,11 @@ def _flatten(config, prefix="") -> Dict[str, object]:
   return out
 
 
+def _did_you_mean(name, choices) -> str:
+  close = difflib.get_close_matches(str(name), list(choices), n=1)
+  return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError if `config` does not match the schema of the defaults."""
   schema = _flatten(defaults.get_config())
@@ -41,9 +46,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                     "`configs.base.get_config()` and override fields, not build its own "
                     "ConfigDict)")
   for key in sorted(set(given) - set(schema)):
-    close = difflib.get_close_matches(key, list(schema), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    problems.append(f"unknown key '{key}'{hint}")
+    problems.append(f"unknown key '{key}'{_did_you_mean(key, schema)}")
   for key in sorted(set(given) & set(schema)):
     want, got = schema[key], given[key]
     if want is None or got is None or isinstance(want, (tuple, list)):
@@ -59,8 +62,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "ddfp_jax/methods/<method>.py; override values on the command line with "
         "--config.KEY=VALUE.")
   if config.method not in METHODS:
-    close = difflib.get_close_matches(str(config.method), list(METHODS), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = _did_you_mean(config.method, METHODS)
     raise ConfigError(f"method '{config.method}' is unknown{hint}: choose one of "
                       f"{', '.join(METHODS)}, with --config.method=NAME or after the config "
                       "file's name, e.g. --config configs/demo.py:fixmatch.")
@@ -69,8 +71,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"The config cannot be used with method '{config.method}': "
                       + "; ".join(method_problems) + ".")
   if config.preset not in presets.NAMES:
-    close = difflib.get_close_matches(str(config.preset), presets.NAMES, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = _did_you_mean(config.preset, presets.NAMES)
     raise ConfigError(f"preset '{config.preset}' is unknown{hint}: use 'custom' (the "
                       "semi.teacher, semi.teacher_train_mode and semi.site switches as "
                       "given), 'paper' or 'release' (see ddfp_jax/config/presets.py).")

@@ -24,7 +24,7 @@ from ddfp_jax.interop.names import (COLLECTIONS, KINDS, StateDictMismatch,
 from ddfp_jax.interop.reading import load_npz, read_torch_file, save_npz
 from ddfp_jax.models.deeplab import DeepLabV3Plus
 from ddfp_jax.models.resnet import ResNet
-from ddfp_jax.training.state import create_train_state, init_variables
+from ddfp_jax.training.state import create_train_state
 
 PyTree = Any
 
@@ -178,11 +178,10 @@ def initial_train_state(config, rng: jax.Array):
   """`create_train_state`, with the student and teacher from `config.model.pretrained`
   when it is set (a backbone file replaces the backbone, a converted segmentation model
   everything; the teacher starts as a copy either way)."""
-  variables = None
-  if config.model.get("pretrained"):
-    k_model = jax.random.split(rng, 3)[0]   # the key create_train_state initialises with
-    variables = load_pretrained(init_variables(config, k_model), config.model.pretrained)
-  return create_train_state(config, rng, variables)
+  if not config.model.get("pretrained"):
+    return create_train_state(config, rng)
+  return create_train_state(
+      config, rng, lambda variables: load_pretrained(variables, config.model.pretrained))
 
 
 def convert_file(input_path: str, output_path: str, kind: Optional[str] = None,

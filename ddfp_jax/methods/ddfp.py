@@ -111,8 +111,7 @@ def make_flow_update(tools):
 
     params = extra["flow_params"]
     loss, grads = jax.value_and_grad(nll)(params)
-    loss = jax.lax.psum(loss, axis)
-    grads = jax.tree.map(lambda g: jax.lax.psum(g, axis), grads)
+    loss, grads = jax.lax.psum((loss, grads), axis)
     direction, opt_state = flow_tx.update(grads, extra["flow_opt_state"], params)
     lr = flow_lr(inputs.state.step)
     params = jax.tree.map(lambda p, d: p + lr * d, params, direction)

@@ -59,6 +59,9 @@ def make_feature_loss(tools, perturbation: PerturbationConfig,
   per-pixel log-density of features v under the method's extra state.
   """
   semi = tools.config.semi
+  problems = check_site(tools.config)   # the config check says it first, in a paragraph
+  if problems:
+    raise ValueError(problems[0] + ".")
   ignore = tools.config.data.ignore_label
   run, model = tools.run, tools.model
 

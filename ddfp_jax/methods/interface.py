@@ -91,14 +91,16 @@ def never(phase) -> bool:
 
 
 class Method(NamedTuple):
-  """A method of the framework (see the module docstring)."""
-  # The method's own config block (a ConfigDict with a comment per key) under
-  # config.<name>, or None when it has no keys of its own.
-  config_block: Callable[[], Optional[ml_collections.ConfigDict]]
+  """A method of the framework (see the module docstring).
+
+  `config_block`: the method's own config block (a ConfigDict with a comment per key)
+  under config.<name>; None (the default) when it has no keys of its own.
+  """
   # phase_at(config, step) -> the phase of global step `step` (a Python int).
   phase_at: Callable[[ml_collections.ConfigDict, int], Hashable]
   # make_loss(tools) -> LossFn.
   make_loss: Callable[[Tools], LossFn]
+  config_block: Callable[[], Optional[ml_collections.ConfigDict]] = no_block
   # Whether the teacher also computes the pixel features of [labeled, unlabeled] images.
   teacher_features: Callable[[Hashable], bool] = never
   # init_extra(config, rng, feature_dim) -> the method's extra state (a pytree kept in

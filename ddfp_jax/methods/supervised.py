@@ -18,4 +18,4 @@ def make_loss(tools):
   return loss
 
 
-METHOD = Method(config_block=lambda: None, phase_at=phase_at, make_loss=make_loss)
+METHOD = Method(phase_at=phase_at, make_loss=make_loss)

@@ -1,5 +1,5 @@
 """The train state: one pytree with everything a run needs to continue exactly."""
-from typing import Any
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -47,22 +47,22 @@ def feature_dim(config: ml_collections.ConfigDict, variables) -> int:
 
 
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
-                       variables=None) -> TrainState:
+                       prepare_variables: Optional[Callable[[PyTree], PyTree]] = None
+                       ) -> TrainState:
   """Initialises every part of the state on the host (unreplicated).
 
-  `variables` ({"params", "batch_stats"}) start the student and the teacher; by default
-  the model's initialisation. Pretrained weights are loaded by the caller
+  The model's initial variables ({"params", "batch_stats"}) start the student and the
+  teacher, after `prepare_variables` when given: that is how pretrained weights come in
   (`ddfp_jax.interop.pretrained.initial_train_state` reads `config.model.pretrained`).
   """
-  model = builders.build_model(config)
   k_model, k_extra, k_run = jax.random.split(rng, 3)
-  if variables is None:
-    variables = init_variables(config, k_model)
+  variables = init_variables(config, k_model)
+  if prepare_variables is not None:
+    variables = prepare_variables(variables)
   params, batch_stats = variables["params"], variables["batch_stats"]
   tx = optim.student_optimizer(config)
   extra = get_method(config.method).init_extra(config, k_extra, feature_dim(config, variables))
   copy = lambda tree: jax.tree.map(jnp.array, tree)
-  del model
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,

@@ -59,10 +59,6 @@ def ema_decay(config: ml_collections.ConfigDict, step: jnp.ndarray) -> jnp.ndarr
   return jnp.minimum(1.0 - 1.0 / since, config.semi.ema_decay)
 
 
-def _psum_tree(tree):
-  return jax.tree.map(lambda x: jax.lax.psum(x, AXIS), tree)
-
-
 def make_tools(config: ml_collections.ConfigDict, axis_name: str = AXIS) -> Tools:
   """The model and the helpers every method's loss uses (`interface.Tools`)."""
   model = builders.build_model(config, axis_name=axis_name)
@@ -160,7 +156,7 @@ def make_train_step(config: ml_collections.ConfigDict):
     grad_fn = jax.value_and_grad(method_loss, has_aux=True)
     (loss, (batch_stats, parts)), grads = grad_fn(state.params, inputs, k_loss)
     loss = jax.lax.psum(loss, AXIS)
-    grads = _psum_tree(grads)
+    grads = jax.lax.psum(grads, AXIS)
     metrics.update({k: jax.lax.psum(v, AXIS) for k, v in parts.items()})
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
