@@ -1,17 +1,19 @@
 r"""Compares methods on one config: methods x seeds (x one swept key), resumable.
 
   python -m ddfp_jax.tools.compare --name demo_table4 --config configs/demo.py \
-      --methods supervised fixmatch random cct_noise channel_dropout vat ddfp \
+      --methods supervised fixmatch ddfp random cct_noise channel_dropout vat \
       --variant upper_bound=supervised,data.all_labeled=True \
       --seeds 0 1 2 --workdir /tmp/compare --parallel 2
   python -m ddfp_jax.tools.compare --name demo_eps --config configs/demo.py \
-      --methods ddfp --sweep ddfp.eps=1,2,4,8 --seeds 0 1 2 --workdir /tmp/compare
+      --methods ddfp --sweep ddfp.eps=0.5,1,2,3,4 --seeds 0 1 2 --workdir /tmp/compare
 
 Every run is `python main.py --config CONFIG --workdir WORKDIR/NAME/RUN
 --config.method=METHOD --config.seed=SEED [overrides]`, as a separate process. A run
 that finished has a `result.json` in its directory and is not run again; a run that was
 stopped (the harness killed, a machine lost) is started again with the same command and
 resumes from its last checkpoint, so the same command continues a half-finished sweep.
+A run whose whole config (fingerprinted) equals a finished run's under the same WORKDIR,
+from any table, is not run again: its result is reused (`reused_from` names it).
 `--parallel N` runs N at once, each pinned to its share of this process's CPUs (on a GPU
 machine, give each run its own devices with --devices_per_run instead).
 
@@ -32,7 +34,7 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ddfp_jax.runtime import hostinfo
 
@@ -119,11 +121,56 @@ def variants(methods: Sequence[str], extra: Sequence[str],
           for v in rows for value in values]
 
 
-def command(config: str, run_dir: str, run: Run, common: Sequence[str]) -> List[str]:
+def config_flags_of(run: Run, common: Sequence[str]) -> List[str]:
+  """The run's `--config.KEY=VALUE` flags: method, seed, the common ones, its own."""
   overrides = [f"--config.{k}={v}" for k, v in run.variant.overrides]
+  return [f"--config.method={run.variant.method}", f"--config.seed={run.seed}", *common,
+          *overrides]
+
+
+def command(config: str, run_dir: str, run: Run, common: Sequence[str]) -> List[str]:
   return [sys.executable, os.path.join(REPO, "main.py"), "--config", config, "--workdir",
-          run_dir, f"--config.method={run.variant.method}", f"--config.seed={run.seed}",
-          *common, *overrides]
+          run_dir, *config_flags_of(run, common)]
+
+
+def fingerprint(config: str, run: Run, common: Sequence[str]) -> Optional[str]:
+  """The fingerprint of the run's whole config (None if it cannot be loaded here: the run
+  itself will then say what is wrong)."""
+  from ddfp_jax.config import loading  # pylint: disable=import-outside-toplevel
+  try:
+    return loading.fingerprint(loading.load(config, config_flags_of(run, common)))
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def finished_elsewhere(workdir: str, print_: str) -> Optional[str]:
+  """A finished run under WORKDIR/*/ (any table's) with this fingerprint, or None."""
+  if not os.path.isdir(workdir):
+    return None
+  for table in sorted(os.listdir(workdir)):
+    table_dir = os.path.join(workdir, table)
+    if not os.path.isdir(table_dir):
+      continue
+    for name in sorted(os.listdir(table_dir)):
+      path = os.path.join(table_dir, name, RESULT)
+      if os.path.exists(path):
+        with open(path) as f:
+          record = json.load(f)
+        if record.get("fingerprint") == print_ and "reused_from" not in record:
+          return os.path.join(table_dir, name)
+  return None
+
+
+def reuse(run: Run, run_dir: str, source_dir: str) -> dict:
+  """This run's result.json from an identical finished run of another row or table."""
+  with open(os.path.join(source_dir, RESULT)) as f:
+    result = json.load(f)
+  result.update(label=run.variant.label, method=run.variant.method, seed=run.seed,
+                overrides=dict(run.variant.overrides), reused_from=source_dir)
+  os.makedirs(run_dir, exist_ok=True)
+  with open(os.path.join(run_dir, RESULT), "w") as f:
+    json.dump(result, f, indent=1)
+  return result
 
 
 def read_history(run_dir: str) -> List[dict]:
@@ -140,7 +187,9 @@ def read_history(run_dir: str) -> List[dict]:
   return [by_step[s] for s in sorted(by_step)]
 
 
-def finish(run: Run, run_dir: str, cmd: Sequence[str], wall_s: float) -> dict:
+def finish(run: Run, run_dir: str, cmd: Sequence[str], wall_s: float,
+           cpus: Optional[int] = None, parallel: Optional[int] = None,
+           print_: Optional[str] = None) -> dict:
   """Reads a finished run's directory into its result record (and writes result.json)."""
   history = read_history(run_dir)
   if not history:
@@ -152,8 +201,11 @@ def finish(run: Run, run_dir: str, cmd: Sequence[str], wall_s: float) -> dict:
       info = json.load(f)
   result = {"label": run.variant.label, "method": run.variant.method, "seed": run.seed,
             "overrides": dict(run.variant.overrides), "step": final["step"],
-            "wall_s": round(wall_s, 1), "command": " ".join(cmd[1:]),
-            "devices": info.get("devices"), "history": history}
+            "wall_s": round(wall_s, 1), "command": " ".join(cmd[1:]), "argv": list(cmd[1:]),
+            "devices": info.get("devices"), "hardware": host_description(),
+            "cpus": cpus, "parallel": parallel, "fingerprint": print_,
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"), "history": history}
   for model in MODELS:
     if f"{model}/miou" in final:
       result[f"{model}_miou"] = final[f"{model}/miou"]
@@ -177,13 +229,27 @@ def _device_env(slot: int, devices_per_run: int) -> Dict[str, str]:
 
 
 def run_all(runs: Sequence[Run], config: str, root: str, common: Sequence[str],
-            parallel: int, devices_per_run: int = 0, log=print) -> List[dict]:
-  """Runs every unfinished run, `parallel` at a time; returns every finished result."""
+            parallel: int, devices_per_run: int = 0, log=print,
+            on_finish: Optional[Callable[[], None]] = None) -> List[dict]:
+  """Runs every unfinished run, `parallel` at a time; returns every finished result.
+
+  `on_finish` is called after each run that finished (the harness rewrites its report
+  there, so a sweep that is stopped half-way leaves the table of what it finished)."""
   todo = [r for r in runs if not os.path.exists(os.path.join(root, r.name, RESULT))]
+  # A run whose whole config equals a finished run's (another row, or another table in the
+  # same WORKDIR, e.g. the eps sweep's default value and Table 4's row) is not run again.
+  prints = {r: fingerprint(config, r, common) for r in todo}
+  workdir = os.path.dirname(os.path.normpath(root))
+  for run in list(todo):
+    source = prints[run] and finished_elsewhere(workdir, prints[run])
+    if source:
+      reuse(run, os.path.join(root, run.name), source)
+      todo.remove(run)
+      log(f"{run.name}: the same config as {source}, which finished; its result is reused.")
   log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to run.")
   cpu_sets = _cpu_sets(parallel)
   free = list(range(parallel))
-  active = {}   # slot -> (run, process, start, command, log file)
+  active = {}   # slot -> (run, process, start, command, log file, CPUs)
   failed = []
   while todo or active:
     while todo and free:
@@ -196,11 +262,11 @@ def run_all(runs: Sequence[Run], config: str, root: str, common: Sequence[str],
       cpus = cpu_sets[slot]
       proc = subprocess.Popen(cmd, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
                               env=env, preexec_fn=lambda c=cpus: os.sched_setaffinity(0, c))
-      active[slot] = (run, proc, time.time(), cmd, log_file)
+      active[slot] = (run, proc, time.time(), cmd, log_file, cpus)
       log(f"started {run.name} on CPUs {cpus}")
     time.sleep(1.0)
     for slot in list(active):
-      run, proc, start, cmd, log_file = active[slot]
+      run, proc, start, cmd, log_file, cpus = active[slot]
       if proc.poll() is None:
         continue
       log_file.close()
@@ -212,9 +278,11 @@ def run_all(runs: Sequence[Run], config: str, root: str, common: Sequence[str],
         failed.append(run)
         log(f"FAILED {run.name} (exit {proc.returncode}); log: {run_dir}/main.log")
         continue
-      result = finish(run, run_dir, cmd, wall)
+      result = finish(run, run_dir, cmd, wall, len(cpus), parallel, prints[run])
       log(f"finished {run.name}: " + ", ".join(
           f"{m} {100 * result[f'{m}_miou']:.2f}" for m in MODELS if f"{m}_miou" in result))
+      if on_finish is not None:
+        on_finish()
   if failed:
     raise HarnessError(f"{len(failed)} run(s) failed: {', '.join(r.name for r in failed)}; "
                        "their logs are main.log in their directories. The same command "
@@ -288,12 +356,14 @@ def markdown(name: str, rows: Sequence[dict], meta: dict) -> str:
   lines = [f"# {name}", "",
            f"`{meta['command']}`", "",
            f"Config {meta['config']}; seeds {meta['seeds']}; {meta['hardware']}; "
-           f"{meta['date']}; {meta['parallel']} run(s) at a time, each on "
-           f"{meta['cpus_per_run']} CPU(s). mIoU in % on the validation set after the last "
+           f"{meta['date']}; {meta['layout']}. mIoU in % on the validation set after the last "
            "step (mean ± sample std over seeds); wall time per run includes start-up and "
-           "compilation.", "",
-           "| variant | method | seeds | teacher mIoU | student mIoU | steps | wall time per run |",
-           "|---|---|---|---|---|---|---|"]
+           "compilation.", ""]
+  if meta.get("finished", 0) < meta.get("planned", 0):
+    lines += [f"**Partial: {meta['finished']} of {meta['planned']} runs finished**; the same "
+              "command runs the rest.", ""]
+  lines += ["| variant | method | seeds | teacher mIoU | student mIoU | steps | wall time per run |",
+            "|---|---|---|---|---|---|---|"]
   for r in rows:
     cells = [_pct(r[f"{m}_miou_mean"], r[f"{m}_miou_std"]) if f"{m}_miou_mean" in r else "-"
              for m in MODELS]
@@ -355,10 +425,31 @@ def plot(name: str, rows: Sequence[dict], results: Sequence[dict], out: str) -> 
   return paths
 
 
+def host_description() -> str:
+  """This machine: CPU model and the CPUs this process may use."""
+  return f"{hostinfo.cpu_model()}, {hostinfo.usable_cpus()} CPUs"
+
+
 def hardware(results: Sequence[dict]) -> str:
+  """Where the runs ran, as each run recorded it when it finished."""
+  hosts = sorted({r.get("hardware") or host_description() for r in results})
   devices = sorted({d for r in results for d in (r.get("devices") or [])})
-  where = f"{hostinfo.cpu_model()}, {hostinfo.usable_cpus()} CPUs"
-  return where + (f"; devices: {', '.join(devices)}" if devices else "")
+  return "; ".join(hosts) + (f"; devices: {', '.join(devices)}" if devices else "")
+
+
+def layout(results: Sequence[dict], meta: dict) -> str:
+  """How many runs shared the machine and on how many CPUs each, as the runs recorded it
+  (a sweep resumed with another --parallel lists both)."""
+  pairs = sorted({(r.get("parallel") or meta["parallel"], r.get("cpus") or meta["cpus_per_run"])
+                  for r in results})
+  return "; ".join(f"{p} run(s) at a time, each on {c} CPU(s)" for p, c in pairs)
+
+
+def dates(results: Sequence[dict]) -> str:
+  """The day(s) the runs finished (today for records that predate the field)."""
+  days = sorted({(r.get("finished") or datetime.date.today().isoformat())[:10]
+                 for r in results})
+  return days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
 
 
 def report(name: str, runs: Sequence[Run], order: Sequence[str], root: str, out: str,
@@ -368,7 +459,8 @@ def report(name: str, runs: Sequence[Run], order: Sequence[str], root: str, out:
   if not results:
     raise HarnessError(f"no finished run under {root} yet: nothing to report.")
   rows = summarize(results, order)
-  meta = dict(meta, hardware=hardware(results), date=datetime.date.today().isoformat(),
+  meta = dict(meta, hardware=hardware(results), date=dates(results),
+              layout=layout(results, meta),
               python=platform.python_version(), finished=len(results), planned=len(runs))
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, f"{name}.json"), "w") as f:
@@ -409,9 +501,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "variants": [dataclasses.asdict(v) for v in rows], "overrides": args.overrides,
             "command": "python -m ddfp_jax.tools.compare " + " ".join(
                 a for a in (argv if argv is not None else sys.argv[1:]))}
+    write = lambda: report(args.name, runs, [v.label for v in rows], root, args.out, meta)
     if not args.report_only:
-      run_all(runs, args.config, root, args.overrides, args.parallel, args.devices_per_run)
-    summary = report(args.name, runs, [v.label for v in rows], root, args.out, meta)
+      run_all(runs, args.config, root, args.overrides, args.parallel, args.devices_per_run,
+              on_finish=write)
+    summary = write()
   except HarnessError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -133,7 +133,7 @@ def resolve_schedule(config: ml_collections.ConfigDict, num_unlabeled: int,
   return resolved
 
 
-def _ready_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def ready_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks the config, applies its preset, prepares the data, and resolves the
   epoch-based schedule."""
   check_config(config)
@@ -159,6 +159,17 @@ def _miou_line(results: Dict[str, Any], method: str) -> str:
   parts = [f"{name} mIoU {100 * results[f'{name}/miou']:.2f}"
            for name in ("teacher", "student") if f"{name}/miou" in results]
   return ", ".join(parts) + f" (method {method})"
+
+
+def _print_summary(config: ml_collections.ConfigDict, workdir: str, step: int,
+                   results: Dict[str, Any]) -> None:
+  """The end of a run on stdout: final mIoU, where the run's files are, the config's note."""
+  lines = [f"Final (step {step}): {_miou_line(results, config.method)}",
+           f"Run directory: {workdir} ({EVAL_HISTORY}: mIoU at every evaluation; TensorBoard "
+           "events; checkpoints/)"]
+  if config.train.final_note:
+    lines.append(config.train.final_note)
+  print("\n".join(lines), flush=True)
 
 
 # Files of the workdir that tools read without TensorBoard (ddfp_jax/tools/compare.py).
@@ -208,7 +219,7 @@ def _nonfinite_message(step: int, metrics: Dict[str, float], checkpointer: Check
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final
   evaluation metrics."""
-  config = _ready_config(config)
+  config = ready_config(config)
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
   # Only process 0 writes metrics (TensorBoard files and log lines): every metric is
@@ -294,7 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     checkpointer.close()
     raise preemption.Preempted(done, os.path.join(ckpt_dir, "latest"))
   if results and is_chief:
-    print(f"Final (step {stop}): {_miou_line(results, config.method)}", flush=True)
+    _print_summary(config, workdir, stop, results)
   checkpointer.close()
   return results
 
@@ -302,7 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: Optional[int] = None) -> Dict[str, Any]:
   """Eval-only mode: scores the latest (or given) checkpoint in `workdir`."""
-  config = _ready_config(config)
+  config = ready_config(config)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
   if checkpointer.latest_step() is None:

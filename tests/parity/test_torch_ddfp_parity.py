@@ -35,7 +35,7 @@ from ddfp_jax.methods.perturbations import PerturbationConfig, PerturbationSite,
 from ddfp_jax.training.state import create_train_state  # noqa: E402
 from ddfp_jax.methods.ddfp import Phase  # noqa: E402
 from ddfp_jax.training.step import pmap_train_step, replicate  # noqa: E402
-from tiny import synthetic_batch, tiny_config  # noqa: E402
+from tiny import as_flags, synthetic_batch, tiny_config  # noqa: E402
 import paths
 
 TOL = 1e-4
@@ -272,19 +272,6 @@ def _demo_overrides(data_dir):
           "data.demo_validation": 6, "data.eval_per_device": 2}
 
 
-def _as_flags(overrides):
-  config = tiny_config(**overrides)
-  flat = dict(overrides, **{
-      "total_steps": config.total_steps, "steps_per_epoch": config.steps_per_epoch,
-      "data.crop_size": config.data.crop_size, "model.width": config.model.width,
-      "model.aspp_rates": "(" + ",".join(map(str, config.model.aspp_rates)) + ")",
-      "data.labeled_per_device": config.data.labeled_per_device,
-      "data.unlabeled_per_device": config.data.unlabeled_per_device,
-      "ddfp.flow.hidden": config.ddfp.flow.hidden, "ddfp.flow.num_samples": config.ddfp.flow.num_samples,
-      "semi.threshold": config.semi.threshold})
-  return [f"--config.{key}={value}" for key, value in flat.items()]
-
-
 def _as_numpy1_pickle(path):
   """The file as NumPy 1 writes it: NumPy scalars under `numpy.core.multiarray`."""
   with zipfile.ZipFile(path) as zin:
@@ -325,7 +312,7 @@ def test_release_checkpoint_imports_and_evaluates(tmp_path, capsys):
   workdir = tmp_path / "run"
   argv = ["--input", str(path), "--kind", "release_checkpoint", "--config",
           os.path.join(REPO, "configs", "demo.py"), "--workdir", str(workdir)]
-  assert cli.main(argv + _as_flags(overrides)) == 0
+  assert cli.main(argv + as_flags(overrides)) == 0
   report = capsys.readouterr().out
   assert "DeepLabV3+ on a deep-stem ResNet-18 (width x0.0625), 11 classes" in report
   assert "11 GMM means of dimension 16 (epoch 40, best_miou 0.7512)" in report
@@ -333,7 +320,7 @@ def test_release_checkpoint_imports_and_evaluates(tmp_path, capsys):
          "eval --config." in report
   assert os.path.isdir(workdir / "checkpoints" / "latest" / "0")
   # A second import into the same run directory is refused.
-  assert cli.main(argv + _as_flags(overrides)) == 1
+  assert cli.main(argv + as_flags(overrides)) == 1
   assert "already holds checkpoints" in capsys.readouterr().err
 
   with Checkpointer(workdir / "checkpoints") as ckpt:

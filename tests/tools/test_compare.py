@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 
 from ddfp_jax.tools import compare
-from paths import REPO
-from tiny import demo_cli_overrides
 
 
 def test_variants_of_methods_extra_rows_and_a_sweep():
@@ -91,6 +89,10 @@ def test_sweep_resumes_and_writes_the_table_and_plots(tmp_path, monkeypatch):
   root = tmp_path / "runs" / "toy"
   assert sorted(p.name for p in root.iterdir() if (p / "result.json").exists()) == [
       "ddfp_s0", "supervised_s0", "supervised_s1"]
+  # ... and the report of those three was written as each finished.
+  partial = (tmp_path / "results" / "toy.md").read_text()
+  assert "**Partial: 3 of 4 runs finished**" in partial
+  assert "| ddfp | ddfp | 1 |" in partial
   # Second pass: only the failed run runs again.
   assert compare.main(argv) == 0
   attempts = {p.name: int((p / "attempts").read_text()) for p in root.iterdir()}
@@ -102,23 +104,27 @@ def test_sweep_resumes_and_writes_the_table_and_plots(tmp_path, monkeypatch):
   assert rows["supervised"]["student_miou_mean"] == pytest.approx(0.205)
   assert summary["meta"]["finished"] == summary["meta"]["planned"] == 4
   assert "devices: cpu" in summary["meta"]["hardware"]
+  assert all(run["finished"][:4].isdigit() and run["hardware"] for run in summary["runs"])
+  assert "Partial" not in (tmp_path / "results" / "toy.md").read_text()
   table = (tmp_path / "results" / "toy.md").read_text()
   assert "| ddfp | ddfp | 2 | 30.50 ± 0.71 |" in table
   for png in ("toy_miou.png", "toy_curves.png"):
     data = (tmp_path / "results" / png).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
-
-def test_a_real_run_of_main_is_read_back(tmp_path):
-  """One tiny demo run through main.py: the trainer's files are what the harness reads."""
-  argv = ["--name", "real", "--config", os.path.join(REPO, "configs", "demo.py"),
-          "--methods", "fixmatch", "--seeds", "0", "--workdir", str(tmp_path / "runs"),
-          "--out", str(tmp_path / "results"), "--",
-          *demo_cli_overrides(tmp_path / "tfds")]
-  assert compare.main(argv) == 0
-  summary = json.loads((tmp_path / "results" / "real.json").read_text())
-  (run,) = summary["runs"]
-  assert run["method"] == "fixmatch" and run["step"] == 2
-  assert 0.0 <= run["teacher_miou"] <= 1.0 and len(run["teacher_per_class_iou"]) == 11
-  assert [h["step"] for h in run["history"]] == [2]
-  assert run["devices"]
+  # Another table in the same workdir: a row whose whole config equals a finished run's
+  # (here "again" = supervised, and ddfp at the config's own eps) reuses its result; a row
+  # that differs (eps 3) runs.
+  argv2 = ["--name", "toy2", "--config", "configs/demo.py", "--methods", "ddfp",
+           "--variant", "again=supervised", "--variant", "eps3=ddfp,ddfp.eps=3",
+           "--variant", "eps_default=ddfp,ddfp.eps=2.0", "--seeds", "0",
+           "--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "results")]
+  assert compare.main(argv2) == 0
+  root2 = tmp_path / "runs" / "toy2"
+  ran = sorted(p.name for p in root2.iterdir() if (p / "attempts").exists())
+  assert ran == ["eps3_s0"]
+  again = json.loads((root2 / "again_s0" / "result.json").read_text())
+  assert again["reused_from"] == str(root / "supervised_s0") and again["label"] == "again"
+  assert again["teacher_miou"] == pytest.approx(0.20)
+  default = json.loads((root2 / "eps_default_s0" / "result.json").read_text())
+  assert default["reused_from"] == str(root / "ddfp_s0")

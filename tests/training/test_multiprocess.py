@@ -49,7 +49,7 @@ import pytest
 from ddfp_jax.training.checkpoint import Checkpointer
 from ddfp_jax.data import pipeline
 from ddfp_jax.training.state import create_train_state
-from tiny import tiny_config
+from tiny import as_flags, tiny_config
 import paths
 
 REPO = str(paths.REPO)
@@ -87,11 +87,7 @@ def _args(data_dir, workdir, steps, **extra):
   """main.py's arguments; `extra` overrides config keys, with "__" for ".": train__x."""
   flat = {**_FLAT, "data.data_dir": str(data_dir), "train.steps_this_run": steps,
           **{k.replace("__", "."): v for k, v in extra.items()}}
-  args = ["--config", "configs/demo.py", "--workdir", str(workdir)]
-  for key, value in flat.items():
-    value = "(" + ",".join(map(str, value)) + ")" if isinstance(value, tuple) else value
-    args.append(f"--config.{key}={value}")
-  return args
+  return ["--config", "configs/demo.py", "--workdir", str(workdir), *as_flags(flat)]
 
 
 def _env():

@@ -119,6 +119,10 @@ def test_cli_trains_then_evaluates_end_to_end(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert "Final (step 2): teacher mIoU" in out.stdout
   assert "(method fixmatch)" in out.stdout
+  # The summary ends with the run's directory and where the demo's comparison lives.
+  assert f"Run directory: {workdir} (eval_history.jsonl" in out.stdout
+  assert out.stdout.rstrip().endswith("(docs/compare.md).")
+  assert "results/demo_table4.md" in out.stdout
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "latest", "2"))
   evaluated = _run_cli(*args, "--mode", "eval")
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]

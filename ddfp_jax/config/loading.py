@@ -1,0 +1,33 @@
+"""A config from a file and `--config.KEY=VALUE` overrides, outside main.py's flags, and
+its fingerprint.
+
+Tools that rebuild the config of a run from its recorded command line (the comparison
+harness, the diagnosis tool) parse it exactly as main.py does: ml_collections'
+config_flags on a private FlagValues, so the same overrides give the same config.
+"""
+import hashlib
+import json
+from typing import Sequence
+
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+
+
+def load(config_file: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The config of `config_file` (a path, optionally ":ARG") with `overrides` applied."""
+  values = flags.FlagValues()
+  argv = ["config", f"--config={config_file}", *overrides]
+  # config_flags reads the overrides from `sys_argv` (by default this process's command
+  # line), so they are given here as well as parsed.
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> str:
+  """A short hash of every value of `config`: two runs with the same fingerprint (seed
+  included) are the same run."""
+  text = json.dumps(config.to_dict(), sort_keys=True, default=repr)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]

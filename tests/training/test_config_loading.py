@@ -1,0 +1,21 @@
+"""Configs rebuilt from a file and overrides, as the tools rebuild a run's config."""
+from ddfp_jax.config import loading
+from configs import demo
+
+
+def test_overrides_apply_as_main_applies_them():
+  config = loading.load("configs/demo.py:fixmatch",
+                        ["--config.ddfp.eps=3", "--config.data.scale_range=(0.8,1.2)"])
+  want = demo.get_config("fixmatch")
+  want.ddfp.eps = 3.0
+  want.data.scale_range = (0.8, 1.2)
+  assert config.to_dict() == want.to_dict()
+
+
+def test_the_fingerprint_is_of_the_values_not_of_how_they_were_written():
+  base = loading.fingerprint(loading.load("configs/demo.py"))
+  assert loading.fingerprint(loading.load("configs/demo.py:ddfp")) == base
+  assert loading.fingerprint(loading.load(
+      "configs/demo.py", [f"--config.ddfp.eps={demo.get_config().ddfp.eps:g}"])) == base
+  assert loading.fingerprint(loading.load("configs/demo.py", ["--config.seed=1"])) != base
+  assert loading.fingerprint(loading.load("configs/demo.py", ["--config.ddfp.eps=3"])) != base
