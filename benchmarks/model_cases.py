@@ -2,7 +2,7 @@
 and its arguments, ready for `timing.measure` (see benchmarks/model.py for what each one
 is)."""
 import dataclasses
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,8 @@ class Shapes:
   width: float = 1.0
   flow_samples: int = 20_480
   flow_hidden: int = 256
+  output_stride: int = 16
+  aspp_rates: Tuple[int, ...] = (6, 12, 18)
   note: str = ""
 
   @property
@@ -37,6 +39,10 @@ SHAPES: Dict[str, Shapes] = {
     # Seconds on any machine; what the tests run.
     "tiny": Shapes(65, 1, 1, 5, depth=18, width=0.125, flow_samples=256, flow_hidden=32,
                    note="ResNet-18 at 1/8 width, crop 65, 1+1"),
+    # configs/demo.py's network and batch: what one demo step costs.
+    "demo": Shapes(64, 8, 8, 11, depth=18, width=0.25, flow_samples=4096, flow_hidden=64,
+                   output_stride=8, aspp_rates=(2, 4, 6),
+                   note="the demo: ResNet-18 at 1/4 width, stride 8, crop 64, 8+8"),
 }
 
 ALL_BENCHMARKS = ("backbone", "aspp", "aspp_space_to_batch", "aspp_undilated", "decoder",
@@ -57,6 +63,8 @@ def bench_config(shapes: Shapes, dtype: str):
   config.data.unlabeled_per_device = shapes.unlabeled
   config.model.depth = shapes.depth
   config.model.width = shapes.width
+  config.model.output_stride = shapes.output_stride
+  config.model.aspp_rates = tuple(shapes.aspp_rates)
   config.model.dtype = dtype
   config.ddfp.flow.num_samples = shapes.flow_samples
   config.ddfp.flow.hidden = shapes.flow_hidden
