@@ -143,10 +143,12 @@ def fingerprint(config: str, run: Run, common: Sequence[str]) -> Optional[str]:
     return None
 
 
-def finished_elsewhere(workdir: str, print_: str) -> Optional[str]:
-  """A finished run under WORKDIR/*/ (any table's) with this fingerprint, or None."""
+def finished_by_fingerprint(workdir: str) -> Dict[str, str]:
+  """Fingerprint -> directory of every finished run under WORKDIR/*/ (any table's), read
+  once; reused records are left out (their source is listed)."""
+  found: Dict[str, str] = {}
   if not os.path.isdir(workdir):
-    return None
+    return found
   for table in sorted(os.listdir(workdir)):
     table_dir = os.path.join(workdir, table)
     if not os.path.isdir(table_dir):
@@ -156,9 +158,9 @@ def finished_elsewhere(workdir: str, print_: str) -> Optional[str]:
       if os.path.exists(path):
         with open(path) as f:
           record = json.load(f)
-        if record.get("fingerprint") == print_ and "reused_from" not in record:
-          return os.path.join(table_dir, name)
-  return None
+        if record.get("fingerprint") and "reused_from" not in record:
+          found.setdefault(record["fingerprint"], os.path.join(table_dir, name))
+  return found
 
 
 def reuse(run: Run, run_dir: str, source_dir: str) -> dict:
@@ -239,9 +241,9 @@ def run_all(runs: Sequence[Run], config: str, root: str, common: Sequence[str],
   # A run whose whole config equals a finished run's (another row, or another table in the
   # same WORKDIR, e.g. the eps sweep's default value and Table 4's row) is not run again.
   prints = {r: fingerprint(config, r, common) for r in todo}
-  workdir = os.path.dirname(os.path.normpath(root))
+  finished = finished_by_fingerprint(os.path.dirname(os.path.normpath(root)))
   for run in list(todo):
-    source = prints[run] and finished_elsewhere(workdir, prints[run])
+    source = finished.get(prints[run])
     if source:
       reuse(run, os.path.join(root, run.name), source)
       todo.remove(run)

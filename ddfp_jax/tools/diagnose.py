@@ -93,8 +93,13 @@ def make_measure(config, state):
   flow = state.extra.get("flow_params") if isinstance(state.extra, dict) else None
   density = builders.build_density(config) if flow is not None else None
 
-  def pseudo_label_terms(images, labels, keep):
-    logits = model.apply(teacher, images, False)
+  def teacher_outputs(images):
+    """The teacher's pixel features v and logits (inference mode), computed once."""
+    v = model.apply(teacher, model.apply(teacher, images, False, method="encode"), False,
+                    method="features")
+    return v, model.apply(teacher, v, method="classify")
+
+  def pseudo_label_terms(images, labels, keep, logits):
     probs = jax.nn.softmax(resize_bilinear(logits, images.shape[1:3]), axis=-1)
     conf, pred = probs.max(-1), probs.argmax(-1)
     sure = keep & (conf > tau)
@@ -105,11 +110,8 @@ def make_measure(config, state):
     correct = jnp.sum(is_c & (sure & (pred == labels))[..., None], axis=(0, 1, 2))
     return {"total": total, "confident": confident, "correct": correct}
 
-  def density_terms(images, labels, keep, rng):
+  def density_terms(images, keep, rng, t_v, t_logits):
     log_p = lambda v: density.apply(flow, v.astype(jnp.float32), method="log_prob")
-    t_logits = model.apply(teacher, images, False)
-    t_v = model.apply(teacher, model.apply(teacher, images, False, method="encode"), False,
-                      method="features")
     grid = t_v.shape[1:3]
     valid = resize_nearest(jnp.where(keep, 0, ignore).astype(jnp.int32), grid) != ignore
     probs = jax.nn.softmax(t_logits, axis=-1)
@@ -145,9 +147,10 @@ def make_measure(config, state):
 
   @jax.jit
   def measure(images, labels, keep, rng):
-    terms = {"pseudo_labels": pseudo_label_terms(images, labels, keep)}
+    t_v, t_logits = teacher_outputs(images)
+    terms = {"pseudo_labels": pseudo_label_terms(images, labels, keep, t_logits)}
     if density is not None:
-      terms["density"] = density_terms(images, labels, keep, rng)
+      terms["density"] = density_terms(images, keep, rng, t_v, t_logits)
     return terms
   return measure
 
