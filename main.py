@@ -22,9 +22,14 @@ SIGTERM (a scheduler's preemption or time limit, Cloud TPU maintenance, `kill`) 
 every process save the same step and stop with status 143 (128 + SIGTERM); the same
 command resumes from that step.
 """
+import difflib
+import os
+import re
 import sys
+from typing import Optional
 
 from absl import app, flags, logging
+import ml_collections
 from ml_collections import config_flags
 
 import ddfp_jax  # noqa: F401  (before TensorFlow: see ddfp_jax/__init__.py)
@@ -77,6 +82,7 @@ def _load_config():
 def main(argv):
   del argv
   _quiet_checkpoint_logs()
+  _check_workdir(FLAGS.workdir)
   config = _load_config()
   # TensorFlow only feeds data: keep it off the accelerators JAX needs.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -89,6 +95,7 @@ def main(argv):
   from ddfp_jax.config.check import ConfigError  # pylint: disable=g-import-not-at-top
   from ddfp_jax.data.pipeline import DatasetError  # pylint: disable=g-import-not-at-top
   from ddfp_jax.training.preemption import Preempted  # pylint: disable=g-import-not-at-top
+  from ddfp_jax.training.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   logging.info("XLA:CPU convolutions: %s.", _XLA_CPU)
@@ -99,7 +106,7 @@ def main(argv):
       trainer.evaluate_checkpoint(config, FLAGS.workdir)
   except Preempted as e:
     distributed.preempted(e)
-  except (ConfigError, trainer.NonFiniteError) as e:
+  except (ConfigError, trainer.NonFiniteError, CheckpointError) as e:
     # Every process meets these at the same point: a normal exit, together.
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
@@ -112,19 +119,100 @@ def main(argv):
     distributed.process_failed(e, FLAGS.workdir)
 
 
+# What each required flag is, for the message when it is missing.
+_REQUIRED = {
+    "config": "the config file, e.g. --config configs/demo.py (or configs/demo.py:fixmatch)",
+    "workdir": "the directory for this run's checkpoints and metrics, created if it does "
+               "not exist, e.g. --workdir /tmp/ddfp_demo",
+}
+
+
+def _usage_error(message: str):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
 def _parse_flags(argv):
   """absl's parser, with a one-paragraph error instead of a traceback for a bad override
-  (a locked config refuses keys it does not have)."""
+  (a locked config refuses keys it does not have) or a missing required flag."""
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+    missing = re.search(r"Flag --(\w+) must have a value other than None", str(e))
+    if missing and missing.group(1) in _REQUIRED:
+      name = missing.group(1)
+      _usage_error(f"--{name} is required: {_REQUIRED[name]}. Usage: python main.py "
+                   "--config configs/demo.py --workdir DIR [--mode eval] "
+                   "[--config.KEY=VALUE ...]; `python main.py --help` lists every flag.")
+    unknown = _unknown_override(argv)
+    if unknown:
+      _usage_error(f"{unknown}. Every field and its meaning is in configs/base.py "
+                   "(ddfp_jax/config/defaults.py); a method's own block is in "
+                   "ddfp_jax/methods/<method>.py.")
     reason = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
     if len(reason) > 1 and reason[0] == reason[-1] and reason[0] in "'\"":
       reason = reason[1:-1]
-    print(f"error: the command line cannot be applied to the config: {reason}. Overrides "
-          "take the form --config.KEY=VALUE where KEY is an existing field; every field and "
-          "its meaning is in configs/base.py.", file=sys.stderr, flush=True)
-    sys.exit(2)
+    _usage_error(f"the command line cannot be applied to the config: {reason}. Overrides "
+                 "take the form --config.KEY=VALUE where KEY is an existing field; every "
+                 "field and its meaning is in configs/base.py.")
+
+
+def _unknown_override(argv) -> Optional[str]:
+  """Which `--config.KEY=VALUE` names a key the config file does not have, with the keys
+  that are there; None if every key exists (or the file cannot be loaded)."""
+  config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if config_file is None and "--config" in argv[:-1]:
+    config_file = argv[argv.index("--config") + 1]
+  if config_file is None:
+    return None
+  from ddfp_jax.config import loading  # pylint: disable=g-import-not-at-top
+  try:
+    config = loading.load(config_file)
+  except Exception:  # pylint: disable=broad-except  (_load_config reports a bad file)
+    return None
+  for arg in argv:
+    found = re.match(r"--config\.([\w.]+)(=|$)", arg)
+    if not found:
+      continue
+    node, parts = config, found.group(1).split(".")
+    for depth, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict):
+        return (f"{arg}: '{'.'.join(parts[:depth])}' is a value, not a block of keys")
+      if part not in node:
+        from ddfp_jax.config import check  # pylint: disable=g-import-not-at-top
+        now = check.replacement(found.group(1))
+        if now:
+          return (f"{arg}: the config has no key '{found.group(1)}' any more; it was "
+                  f"replaced by {now}")
+        where = ".".join(parts[:depth])
+        close = difflib.get_close_matches(part, list(node.keys()), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return (f"{arg}: the config has no key '{'.'.join(parts[:depth + 1])}'{hint}; the "
+                f"keys {'under ' + repr(where) if where else 'at the top'} are "
+                f"{', '.join(sorted(node.keys()))}")
+      node = node[part]
+  return None
+
+
+def _check_workdir(workdir: str) -> None:
+  """A workdir that cannot hold a run stops before anything is loaded."""
+  path = os.path.abspath(workdir)
+  if "://" in workdir:
+    return   # a bucket: orbax and the writers report their own errors
+  if os.path.exists(path) and not os.path.isdir(path):
+    _usage_error(f"--workdir {workdir} is an existing file, not a directory. Pass a "
+                 "directory (it is created if it does not exist), e.g. --workdir "
+                 f"{workdir}_run; the file is left as it is.")
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    _usage_error(f"--workdir {workdir} cannot be created: {parent} is a file. Pass a "
+                 "directory path.")
+  # Evaluation only reads the workdir; training writes it.
+  if FLAGS.mode == "train" and not os.access(parent, os.W_OK | os.X_OK):
+    _usage_error(f"--workdir {workdir} cannot be written: {parent} is not writable by "
+                 "this user. Pass a directory you can write to.")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ TINY = {
     "ddfp.flow.hidden": 16, "ddfp.flow.num_samples": 64,
     "semi.threshold": 0.2,          # untrained 5-class model: keep pseudo labels
 }
+# TINY's 5 classes suit the synthetic batches; a config that goes through the config
+# check (which compares the class count with the dataset's) needs the demo's 11.
+DEMO_CLASSES = {"data.num_classes": 11}
 # A small demo set (the CLI tests prepare it in their data_dir).
 SMALL_DEMO_SET = {
     "data.num_classes": 11, "data.demo_image_size": 48, "data.demo_labeled": 8,

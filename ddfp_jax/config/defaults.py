@@ -126,6 +126,7 @@ def get_config() -> ml_collections.ConfigDict:
       config[name] = block
 
   config.optim = optim = ml_collections.ConfigDict()
+  optim.name = "sgd"                  # "sgd" (papers) | "adamw" (ddfp_jax/training/optim.py)
   optim.learning_rate = 0.001         # base LR for the reference global batch below
   optim.reference_batch = 16          # labeled images per step the base LR was set for
   optim.lr_scaling = "linear"         # "linear" | "none": how LR follows the global batch

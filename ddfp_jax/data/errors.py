@@ -19,6 +19,10 @@ class LayoutError(DatasetError):
   """Extracted dataset files that are missing, misplaced or not what the builder expects."""
 
 
+class LabelError(DatasetError):
+  """A label map holding a value that is neither a class id nor the ignore label."""
+
+
 def first_few(names, limit: int = 5) -> str:
   """`names` as "a, b, c, ... (N in all)", for messages about many files."""
   names = list(names)

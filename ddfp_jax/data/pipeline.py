@@ -31,8 +31,11 @@ Evaluation follows `config.data.eval_protocol`: "center_crop" (VOC) pads and cro
 image here; "whole" and "sliding_window" (Cityscapes) pass full images, batched with
 padding (label 255, `valid` unchanged) if sizes differ within a batch.
 """
+import atexit
 import functools
-from typing import Dict, Iterator, Optional, Tuple
+import re
+import weakref
+from typing import Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -42,9 +45,93 @@ from ddfp_jax.data import augment
 from ddfp_jax.data import sources
 from ddfp_jax.data.protocols import PROTOCOLS
 # One error class for every data problem; re-exported for the trainer and main.py.
-from ddfp_jax.data.errors import DatasetError
+from ddfp_jax.data.errors import DatasetError, LabelError
 
 _LABELED, _UNLABELED = 0, 1
+# Leads the message of the label check's assertion, so that `Batches` can tell it apart.
+_LABEL_CHECK = "label values outside the classes"
+
+
+def _load_checked(source: sources.Source, index, num_classes: int, ignore: int):
+  """`source.load(index)`, stopping the pipeline (see `Batches`) if the label holds a value
+  that is neither a class id nor `ignore`."""
+  image, label = source.load(index)
+  bad = tf.logical_and(label >= num_classes, label != ignore)
+  values, _ = tf.unique(tf.boolean_mask(label, bad))
+  check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)),
+                              [_LABEL_CHECK, source.name(index), values], summarize=20)
+  with tf.control_dependencies([check]):
+    return image, tf.identity(label)
+
+
+def _label_error(message: str, config) -> Optional[LabelError]:
+  found = re.search(re.escape(_LABEL_CHECK) + r"\] \[(.*?)\] \[(.*?)\]", message)
+  if found is None:
+    return None
+  name, values = found.group(1), ", ".join(found.group(2).split())
+  return LabelError(
+      f"The label map of {name} holds the value(s) {values}, which are neither a class id "
+      f"(0 to {config.data.num_classes - 1}, data.num_classes={config.data.num_classes}) "
+      f"nor the ignore label ({config.data.ignore_label}). Either data.num_classes or "
+      "data.ignore_label does not fit this dataset (see its config in configs/), or the "
+      "label file is damaged or not a class-id map (real data: prepare it again with "
+      "`python -m ddfp_jax.data.prepare` from intact files).")
+
+
+# Every open Batches, closed at exit (see the class docstring).
+_OPEN: "weakref.WeakSet[Batches]" = weakref.WeakSet()
+
+
+class Batches:
+  """The batches of a tf.data pipeline as dicts of NumPy arrays; `close()` stops its
+  threads.
+
+  tf.data's parallel-map and prefetch threads keep running, and calling into Python
+  (tf.numpy_function), as long as the iterator lives; one still alive when the interpreter
+  shuts down can keep it from ever exiting. `close()`, the end of a `with` block, running
+  out of batches or the end of the program (an atexit hook closes every open one) drops
+  the iterator, which cancels them. A label outside the classes (`_load_checked`) comes
+  out of `next` as a `LabelError`.
+  """
+
+  def __init__(self, dataset: tf.data.Dataset, config):
+    self._iterator = iter(dataset.as_numpy_iterator())
+    self._config = config
+    _OPEN.add(self)
+
+  def __iter__(self) -> "Batches":
+    return self
+
+  def __next__(self) -> Dict[str, np.ndarray]:
+    if self._iterator is None:
+      raise StopIteration
+    try:
+      return next(self._iterator)
+    except StopIteration:
+      self.close()
+      raise
+    except tf.errors.InvalidArgumentError as e:
+      error = _label_error(e.message, self._config)
+      if error is None:
+        raise
+      self.close()
+      raise error from None
+
+  def close(self) -> None:
+    self._iterator = None
+    _OPEN.discard(self)
+
+  def __enter__(self) -> "Batches":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+@atexit.register
+def _close_all() -> None:
+  for batches in list(_OPEN):
+    batches.close()
 
 
 def _check_config(config) -> None:
@@ -115,6 +202,7 @@ def _stream(config, source: sources.Source, stream: int, per_device: int, start_
   seed = int(config.seed)
   steps_per_epoch = int(config.steps_per_epoch)
   positions = np.arange(global_batch, dtype=np.int32)[local_slice]
+  num_classes, ignore = int(config.data.num_classes), int(config.data.ignore_label)
 
   @functools.lru_cache(maxsize=2)
   def epoch_order(epoch: int) -> np.ndarray:
@@ -132,7 +220,7 @@ def _stream(config, source: sources.Source, stream: int, per_device: int, start_
 
   def load_and_augment(element):
     example_seed = _example_seed(seed, stream, element["step"], element["position"])
-    image, label = source.load(element["id"])
+    image, label = _load_checked(source, element["id"], num_classes, ignore)
     return augment_fn(image, label, example_seed)
 
   ds = tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max)
@@ -152,7 +240,7 @@ def weak_augment(image, label, seed, data, ignore=None):
 
 def train_batches(config, *, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1,
-                  local_device_count: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+                  local_device_count: Optional[int] = None) -> Batches:
   """Infinite iterator of this process's share of the training batches from `start_step`.
 
   Args:
@@ -212,7 +300,7 @@ def train_batches(config, *, start_step: int = 0, process_index: int = 0,
 
   ds = tf.data.Dataset.zip(labeled, unlabeled).map(to_devices)
   ds = ds.prefetch(int(data.prefetch) if data.prefetch else tf.data.AUTOTUNE)
-  return iter(ds.as_numpy_iterator())
+  return Batches(ds, config)
 
 
 def eval_positions(num_examples: int, batch_per_process: int, process_index: int,
@@ -233,7 +321,7 @@ def eval_positions(num_examples: int, batch_per_process: int, process_index: int
 
 def eval_batches(config, split: str = "validation", *, process_index: int = 0,
                  process_count: int = 1,
-                 local_device_count: Optional[int] = None) -> Iterator[Dict[str, np.ndarray]]:
+                 local_device_count: Optional[int] = None) -> Batches:
   """One pass over `split`, full images, every example exactly once across processes.
 
   Args:
@@ -262,7 +350,7 @@ def eval_batches(config, split: str = "validation", *, process_index: int = 0,
   center_crop = data.eval_protocol == "center_crop"
 
   def load(idx, ok):
-    image, label = source.load(idx)
+    image, label = _load_checked(source, idx, int(data.num_classes), ignore)
     if center_crop:
       image, label = augment.center_crop_and_pad(image, label, int(data.eval_crop),
                                                  label_pad=ignore)
@@ -281,4 +369,4 @@ def eval_batches(config, split: str = "validation", *, process_index: int = 0,
                        padding_values={"image": 0.0, "label": ignore, "valid": False})
   ds = ds.map(to_devices)
   ds = ds.prefetch(int(data.prefetch) if data.prefetch else tf.data.AUTOTUNE)
-  return iter(ds.as_numpy_iterator())
+  return Batches(ds, config)

@@ -28,9 +28,12 @@ DATASETS = ("demo",) + tuple(real_datasets.DATASETS)
 
 
 class Source(NamedTuple):
-  """`size` examples; `load(index)` -> (image uint8 (H, W, 3), label uint8 (H, W))."""
+  """`size` examples; `load(index)` -> (image uint8 (H, W, 3), label uint8 (H, W));
+  `name(index)` -> a string tensor naming the example for messages (its file id in the
+  dataset, or the demo scene)."""
   size: int
   load: Callable[[tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]
+  name: Callable[[tf.Tensor], tf.Tensor]
 
 
 def check_dataset(config) -> None:
@@ -69,9 +72,11 @@ def demo_arrays(config, split: str) -> Tuple[np.ndarray, np.ndarray]:
   return _ARRAYS[key]
 
 
-def _array_source(images: np.ndarray, labels: np.ndarray) -> Source:
+def _array_source(images: np.ndarray, labels: np.ndarray, what: str) -> Source:
+  """In-memory examples; `what` names them in messages ("demo validation scene")."""
   images_t, labels_t = tf.constant(images), tf.constant(labels)
-  return Source(len(labels), lambda i: (tf.gather(images_t, i), tf.gather(labels_t, i)))
+  return Source(len(labels), lambda i: (tf.gather(images_t, i), tf.gather(labels_t, i)),
+                lambda i: tf.strings.format(what + " {}", i))
 
 
 # --- the real datasets --------------------------------------------------------------------
@@ -166,7 +171,10 @@ def _encoded_source(config, dataset: str, split: str,
     image.set_shape([None, None, 3])
     return image, label
 
-  return Source(len(indices), load)
+  names = tf.constant([f"{dataset} {split} example {name}" for name in
+                       np.asarray(real_datasets.example_names(_builder(config, dataset),
+                                                              split))[indices]])
+  return Source(len(indices), load, lambda i: tf.gather(names, i))
 
 
 class TrainSplit(NamedTuple):
@@ -257,7 +265,9 @@ def train_sources(config) -> Tuple[Source, Source]:
     if config.data.all_labeled:
       # The fully supervised upper bound: the unlabeled scenes' labels are used too.
       labeled = tuple(np.concatenate([a, b]) for a, b in zip(labeled, unlabeled))
-    return _array_source(*labeled), _array_source(*unlabeled)
+    return (_array_source(*labeled, "demo " + ("labeled+unlabeled" if config.data.all_labeled
+                                               else "labeled") + " scene"),
+            _array_source(*unlabeled, "demo unlabeled scene"))
   split = train_split(config)
   labeled_builder, unlabeled_builder = _builder_names(config.data.name)
   return (_encoded_source(config, labeled_builder, "train", split.labeled),
@@ -268,7 +278,7 @@ def eval_source(config, split: str = "validation") -> Source:
   """The Source of an evaluation split ("validation"; the demo also has its train splits)."""
   check_dataset(config)
   if config.data.name == "demo":
-    return _array_source(*demo_arrays(config, split))
+    return _array_source(*demo_arrays(config, split), f"demo {split} scene")
   if split not in real_datasets.SPLITS:
     raise DatasetError(f"Unknown split {split!r} of {config.data.name}; expected one of "
                        f"{real_datasets.SPLITS}.")

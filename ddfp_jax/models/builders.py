@@ -7,13 +7,13 @@ import ml_collections
 from ddfp_jax.models.deeplab import DeepLabV3Plus
 from ddfp_jax.models.density import FeatureDensity
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(name: str):
-  if name not in _DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {name!r}.")
-  return _DTYPES[name]
+  if name not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}.")
+  return DTYPES[name]
 
 
 def build_model(config: ml_collections.ConfigDict,

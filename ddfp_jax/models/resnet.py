@@ -28,7 +28,7 @@ RESNET_LAYOUTS = {
 }
 
 # output stride -> which of stages 2, 3, 4 trade their stride for dilation
-_DILATE_STAGES = {
+DILATE_STAGES = {
     32: (False, False, False),
     16: (False, False, True),
     8: (False, True, True),
@@ -107,8 +107,8 @@ class ResNet(nn.Module):
   def __call__(self, x: jnp.ndarray, train: bool) -> Tuple[jnp.ndarray, jnp.ndarray]:
     if self.depth not in RESNET_LAYOUTS:
       raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYOUTS)}, got {self.depth}.")
-    if self.output_stride not in _DILATE_STAGES:
-      raise ValueError(f"output_stride must be one of {sorted(_DILATE_STAGES)}, "
+    if self.output_stride not in DILATE_STAGES:
+      raise ValueError(f"output_stride must be one of {sorted(DILATE_STAGES)}, "
                        f"got {self.output_stride}.")
     bottleneck, layout = RESNET_LAYOUTS[self.depth]
     block_cls = Bottleneck if bottleneck else BasicBlock
@@ -127,7 +127,7 @@ class ResNet(nn.Module):
     x = nn.relu(bn("bn1", x))
     x = max_pool(x, 3, 2, 1, ceil_mode=self.deep_stem)
 
-    dilate = (False,) + _DILATE_STAGES[self.output_stride]
+    dilate = (False,) + DILATE_STAGES[self.output_stride]
     dilation = 1
     low_level = None
     for stage, (num_blocks, planes) in enumerate(zip(layout, (64, 128, 256, 512))):

@@ -27,10 +27,26 @@ writes each array once (not once per process) and lets process 0 write the metad
 the files are the same as a single-process run's and a checkpoint can be resumed with any
 number of processes and devices. `restore` reads the whole state in every process, into
 the target's placement (host-local arrays, as the trainer needs them).
+
+Damage: orbax does not notice a data file overwritten in place (it decodes and returns
+other numbers), so every save also stores a CRC-32 of each leaf's bytes in the step's
+metadata, and `restore` compares the restored values with them. A step that cannot be read
+or does not match raises `CheckpointError` naming the step and the first leaf or file at
+fault; `restore_newest_intact` (the trainer's resume) instead moves such steps aside to
+`directory/damaged/` and resumes from the newest step that reads. Steps saved before the
+checksums existed are restored unchecked.
 """
+import dataclasses
+import gc
 import math
 import os
-from typing import Any, Optional
+import shutil
+import sys
+import time
+import zlib
+from typing import Any, Dict, List, Optional, Tuple
+
+from absl import logging
 
 import flax.serialization
 import jax
@@ -41,6 +57,20 @@ import orbax.checkpoint as ocp
 _BEST_MODES = ("max", "min")
 # Key under which the best checkpoint's metric is stored in orbax's per-step metrics.
 _METRIC_KEY = "metric"
+# Key of the per-leaf CRC-32s in a step's custom metadata.
+_CHECKSUM_KEY = "crc32"
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be restored; the message names the step and the cause."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Damaged:
+  """A step that did not restore: why, and where its files are now."""
+  step: int
+  reason: str
+  moved_to: Optional[str] = None
 
 
 class Checkpointer:
@@ -94,7 +124,9 @@ class Checkpointer:
     Returns:
       Whether a checkpoint was started.
     """
-    return self._latest.save(step, args=ocp.args.StandardSave(_to_tree(state)), force=force)
+    tree = flax.serialization.to_state_dict(state)
+    return self._latest.save(step, args=ocp.args.StandardSave(_globally_replicated(tree)),
+                             custom_metadata={_CHECKSUM_KEY: _checksums(tree)}, force=force)
 
   def latest_step(self) -> Optional[int]:
     """The newest complete step under "latest", or None."""
@@ -113,11 +145,58 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: if there is no checkpoint to restore, or no such step.
+      CheckpointError: the step's files cannot be read, or its values do not match the
+        checksums stored when it was saved.
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {self.directory}/latest")
     return _restore(self._latest, step, target_state)
+
+  def restore_newest_intact(self, target_state: Any) -> Tuple[Any, int, List[Damaged]]:
+    """The newest step that restores intact, for resuming: (state, step, damaged steps).
+
+    Each newer step that fails is moved (by process 0, the others wait) to
+    `directory/damaged/<step>`, so that nothing is deleted and the resumed run can save
+    that step again.
+
+    Raises:
+      FileNotFoundError: if there is no checkpoint.
+      CheckpointError: if no step restores; the message lists every step and its cause.
+    """
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint under {self.directory}/latest")
+    damaged: List[Damaged] = []
+    restored = None
+    for step in reversed(steps):
+      try:
+        restored = _restore(self._latest, step, target_state)
+        break
+      except CheckpointError as e:
+        damaged.append(Damaged(step, str(e)))
+    if restored is None:
+      raise CheckpointError(
+          "No checkpoint in " + f"{self.directory}/latest can be restored: "
+          + "; ".join(d.reason for d in damaged) + ". Nothing was changed. If the files were "
+          "written by a different config (model, method), resume with that config; "
+          "otherwise start again in a new --workdir.")
+    damaged = [self._set_aside(d) for d in damaged]
+    for d in damaged:
+      logging.warning("%s Moved to %s; resuming from step %d.", d.reason, d.moved_to, step)
+    return restored, step, damaged
+
+  def _set_aside(self, damaged: Damaged) -> Damaged:
+    target = os.path.join(self.directory, "damaged", str(damaged.step))
+    if os.path.exists(target):
+      target = f"{target}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(self.directory, "latest", str(damaged.step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint_set_aside_{damaged.step}")
+    self._latest.reload()
+    return dataclasses.replace(damaged, moved_to=target)
 
   # Best checkpoint.
 
@@ -153,8 +232,10 @@ class Checkpointer:
     metric_value = float(metric_value)
     if not self.is_better(metric_value):
       return False
-    saved = self._best.save(step, args=ocp.args.StandardSave(_to_tree(state)),
-                            metrics={_METRIC_KEY: metric_value}, force=True)
+    tree = flax.serialization.to_state_dict(state)
+    saved = self._best.save(step, args=ocp.args.StandardSave(_globally_replicated(tree)),
+                            metrics={_METRIC_KEY: metric_value},
+                            custom_metadata={_CHECKSUM_KEY: _checksums(tree)}, force=True)
     if saved:
       self._best_metric = metric_value
     return saved
@@ -185,15 +266,11 @@ class Checkpointer:
     self.close()
 
 
-def _to_tree(state: Any) -> Any:
-  tree = flax.serialization.to_state_dict(state)
-  if jax.process_count() > 1:
-    tree = _globally_replicated(tree)
-  return tree
-
-
 def _globally_replicated(tree: Any) -> Any:
-  """Host-local jax arrays (identical in every process) as global replicated arrays."""
+  """Host-local jax arrays (identical in every process) as global replicated arrays;
+  `tree` as it is in a single-process run."""
+  if jax.process_count() == 1:
+    return tree
   # Devices grouped by process, as host_local_array_to_global_array requires.
   devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   mesh = jax.sharding.Mesh(np.asarray(devices), ("replica",))
@@ -206,8 +283,75 @@ def _globally_replicated(tree: Any) -> Any:
   return jax.tree.map(convert, tree)
 
 
+def _leaves(tree: Any) -> Dict[str, np.ndarray]:
+  """The leaves of a state dict by path ("params/conv/kernel"), as host arrays."""
+  flat = flax.traverse_util.flatten_dict(tree, sep="/", keep_empty_nodes=False)
+  return {path: np.asarray(leaf) for path, leaf in flat.items()}
+
+
+def _checksums(tree: Any) -> Dict[str, int]:
+  """CRC-32 of every leaf's bytes (on the host; about 1 s per GB)."""
+  return {path: zlib.crc32(np.ascontiguousarray(value).view(np.uint8).reshape(-1))
+          for path, value in _leaves(tree).items()}
+
+
+def _first_line(error: BaseException) -> str:
+  """The innermost cause, on one line: TensorStore's outer message is a page of specs."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  text = f"{type(error).__name__}: " + " ".join(str(error).split()).rstrip(". ")
+  return (text[:240] + "...") if len(text) > 240 else text or type(error).__name__
+
+
+def _is_abandoned_read(exc: BaseException, origin: Any = None) -> bool:
+  """What orbax's abandoned reads raise when Python finalises them, or when TensorStore
+  completes them after orbax closed their event loop."""
+  return (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)) or (
+      "coroutine" in repr(origin))
+
+
+def _quiet_abandoned_reads() -> None:
+  """Keeps the reads orbax abandons when one array of a step fails (the other arrays)
+  from printing a traceback each, through either hook Python reports them with:
+  "Exception ignored in <coroutine ...>" when they are collected, "Event loop is closed"
+  when TensorStore completes them, which can happen before the restore has even returned.
+  Installed before every restore; other errors are reported as before."""
+  if not getattr(sys.unraisablehook, "drops_abandoned_reads", False):
+    unraisable_hook, except_hook = sys.unraisablehook, sys.excepthook
+
+    def on_unraisable(unraisable):
+      if not _is_abandoned_read(unraisable.exc_value, unraisable.object):
+        unraisable_hook(unraisable)
+
+    def on_exception(kind, value, traceback):
+      if not _is_abandoned_read(value):
+        except_hook(kind, value, traceback)
+    on_unraisable.drops_abandoned_reads = True
+    sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
+
+
 def _restore(manager: ocp.CheckpointManager, step: int, target_state: Any) -> Any:
+  """Step `step` into the structure of `target_state`, checked against its checksums."""
+  where = f"{manager.directory}/{step}"
+  if step not in manager.all_steps():
+    raise FileNotFoundError(f"no checkpoint step {step} under {manager.directory}")
   # The target as it is (not made global): leaves come back placed like its leaves.
   target = flax.serialization.to_state_dict(target_state)
-  restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+  failure = None
+  _quiet_abandoned_reads()
+  try:
+    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    stored = (manager.metadata(step).custom_metadata or {}).get(_CHECKSUM_KEY)
+  except Exception as e:  # pylint: disable=broad-except  (orbax, TensorStore, JSON errors)
+    failure = _first_line(e)
+  if failure is not None:
+    gc.collect()   # the abandoned reads, now rather than at exit
+    raise CheckpointError(f"checkpoint step {step} ({where}) cannot be read: {failure}")
+  if stored is not None:
+    got = _checksums(restored)
+    bad = sorted(path for path in set(got) | set(stored) if got.get(path) != stored.get(path))
+    if bad:
+      raise CheckpointError(
+          f"checkpoint step {step} ({where}) is damaged: {len(bad)} of {len(stored)} arrays "
+          f"do not match the checksums stored when it was saved (first: {bad[0]})")
   return flax.serialization.from_state_dict(target_state, restored)

@@ -20,6 +20,11 @@ def global_labeled_batch(config: ml_collections.ConfigDict) -> int:
   return config.data.labeled_per_device * jax.device_count()
 
 
+# optim.lr_scaling: "linear" scales the base LR with the global labeled batch over
+# optim.reference_batch; "none" keeps it.
+LR_SCALING_RULES = ("linear", "none")
+
+
 def scaled_learning_rate(config: ml_collections.ConfigDict) -> float:
   """Base LR for this run's global batch (`optim.lr_scaling` in the config)."""
   rule = config.optim.lr_scaling
@@ -44,17 +49,28 @@ def student_schedule(config: ml_collections.ConfigDict,
   return poly_schedule(base_lr, config.total_steps, config.optim.poly_power)
 
 
+# optim.name: "sgd" (the papers': momentum SGD, L2 weight decay added to the gradient)
+# or "adamw" (Adam with decoupled weight decay, optax.adamw: b1 = optim.momentum,
+# b2 = 0.999; for models trained from scratch, such as the demo's).
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def student_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Built once per train state (`TrainState.tx`), which the train step then uses."""
-  def sgd(lr_mult):
-    return optax.chain(
-        optax.add_decayed_weights(config.optim.weight_decay),
-        optax.sgd(student_schedule(config, lr_mult),
-                  momentum=config.optim.momentum),
-    )
+  optim = config.optim
+  if optim.name not in OPTIMIZERS:
+    raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {optim.name!r}.")
+
+  def group(lr_mult):
+    schedule = student_schedule(config, lr_mult)
+    if optim.name == "adamw":
+      return optax.adamw(schedule, b1=optim.momentum, b2=0.999,
+                         weight_decay=optim.weight_decay)
+    return optax.chain(optax.add_decayed_weights(optim.weight_decay),
+                       optax.sgd(schedule, momentum=optim.momentum))
 
   return optax.multi_transform(
-      {"backbone": sgd(1.0), "decoder": sgd(config.optim.decoder_lr_mult)},
+      {"backbone": group(1.0), "decoder": group(optim.decoder_lr_mult)},
       lambda params: flax.traverse_util.path_aware_map(
           lambda path, _: "backbone" if path[0] == "backbone" else "decoder", params))
 

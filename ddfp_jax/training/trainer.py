@@ -18,6 +18,7 @@ Stops, each leaving the last complete checkpoint usable:
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Dict, Optional
 
@@ -32,7 +33,7 @@ import numpy as np
 from ddfp_jax.models import builders
 from ddfp_jax.training import preemption
 from ddfp_jax.config import presets
-from ddfp_jax.training.checkpoint import Checkpointer
+from ddfp_jax.training.checkpoint import CheckpointError, Checkpointer
 from ddfp_jax.config.check import check_config
 from ddfp_jax.data import pipeline
 from ddfp_jax.training.evaluate import eval_step_from_config, evaluate
@@ -230,15 +231,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   ckpt_dir = os.path.join(workdir, "checkpoints")
   checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
-  resumed = checkpointer.latest_step()
+  state = initial_train_state(config, jax.random.key(config.seed))
+  resumed = None
+  if checkpointer.latest_step() is not None:
+    # A damaged newest step is moved to checkpoints/damaged/ and an older one used.
+    try:
+      state, resumed, damaged = checkpointer.restore_newest_intact(state)
+    except CheckpointError:
+      checkpointer.close()
+      raise
+    if damaged and is_chief:
+      print(f"warning: resuming from step {resumed}, not from the damaged "
+            + ", ".join(f"step {d.step} ({d.reason}; moved to {d.moved_to})" for d in damaged)
+            + ".", file=sys.stderr, flush=True)
+    logging.info("Resumed from step %d in %s.", resumed, ckpt_dir)
   start = resumed or 0
   # As soon as the start step is known: JAX's service needs it before a notice comes.
   watch = preemption.Watch(start)
-  state = initial_train_state(config, jax.random.key(config.seed))
-  if resumed is not None:
-    state = checkpointer.restore(state)
-    logging.info("Resumed from step %d in %s.", start, ckpt_dir)
-  else:
+  if resumed is None:
     writer.write_hparams(flax.traverse_util.flatten_dict(config.to_dict(), sep="."))
   if is_chief:
     _write_run_info(config, workdir, start)
@@ -251,62 +261,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   batches = pipeline.train_batches(config, start_step=start,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
-  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
-  history = []
-  pending = None   # the previous step's metrics, read one step late to keep the device busy
-  results = {}
-  def stop_if_nonfinite(done, metrics):
-    if int(metrics["nonfinite"]):
-      checkpointer.wait()
-      bad = {k: float(v) for k, v in metrics.items()}
-      raise NonFiniteError(_nonfinite_message(done, bad, checkpointer, ckpt_dir))
+  try:
+    report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+    history = []
+    pending = None   # the previous step's metrics, read one step late to keep the device busy
+    results = {}
+    def stop_if_nonfinite(done, metrics):
+      if int(metrics["nonfinite"]):
+        checkpointer.wait()
+        bad = {k: float(v) for k, v in metrics.items()}
+        raise NonFiniteError(_nonfinite_message(done, bad, checkpointer, ckpt_dir))
 
-  done = start
-  preempted = False
-  with watch:
-    for step in range(start, stop):
-      state, metrics = p_step(state, next(batches), phase_at(config, step))
-      if pending is not None:
-        stop_if_nonfinite(*pending)
-      done = step + 1
-      pending = (done, metrics)
-      history.append(metrics)
-      report(done)
-      # Asked at every step on every process (JAX's protocol needs it); at the last step
-      # the run saves and ends anyway.
-      preempted = watch.reached(done) and done < stop
-      if done % config.train.log_every == 0 or done == stop or preempted:
-        averaged = _average(history)
-        writer.write_scalars(done, {f"train/{k}": v for k, v in averaged.items()})
-        writer.flush()   # on disk now: a process that is killed keeps its curves
-        history = []
-      # A preempted run saves at once and skips an evaluation due at this step.
-      at_eval = (done % config.train.eval_every == 0 or done == total) and not preempted
-      at_checkpoint = done % config.train.checkpoint_every == 0 or done == stop or preempted
-      if at_eval or at_checkpoint:
-        # Never evaluate or save a state after a non-finite step. The last step is always
-        # a checkpoint boundary, so every step is checked by the end of the loop.
-        stop_if_nonfinite(done, metrics)
-        pending = None
-      if at_eval:
-        results = evaluate_state(config, state, p_eval)
-        writer.write_scalars(done, _scalars(results))
-        if is_chief:
-          _append_eval(workdir, done, results)
-        best = max(results.get("student/miou"), results.get("teacher/miou", -1.0))
-        checkpointer.save_best(done, state, best)
-      if at_checkpoint:
-        checkpointer.save(done, state, force=preempted)
-      if preempted:
-        break
-  checkpointer.wait()
-  writer.flush()
-  if preempted:
+    done = start
+    preempted = False
+    with watch:
+      for step in range(start, stop):
+        state, metrics = p_step(state, next(batches), phase_at(config, step))
+        if pending is not None:
+          stop_if_nonfinite(*pending)
+        done = step + 1
+        pending = (done, metrics)
+        history.append(metrics)
+        report(done)
+        # Asked at every step on every process (JAX's protocol needs it); at the last step
+        # the run saves and ends anyway.
+        preempted = watch.reached(done) and done < stop
+        if done % config.train.log_every == 0 or done == stop or preempted:
+          averaged = _average(history)
+          writer.write_scalars(done, {f"train/{k}": v for k, v in averaged.items()})
+          writer.flush()   # on disk now: a process that is killed keeps its curves
+          history = []
+        # A preempted run saves at once and skips an evaluation due at this step.
+        at_eval = (done % config.train.eval_every == 0 or done == total) and not preempted
+        at_checkpoint = done % config.train.checkpoint_every == 0 or done == stop or preempted
+        if at_eval or at_checkpoint:
+          # Never evaluate or save a state after a non-finite step. The last step is always
+          # a checkpoint boundary, so every step is checked by the end of the loop.
+          stop_if_nonfinite(done, metrics)
+          pending = None
+        if at_eval:
+          results = evaluate_state(config, state, p_eval)
+          writer.write_scalars(done, _scalars(results))
+          if is_chief:
+            _append_eval(workdir, done, results)
+          best = max(results.get("student/miou"), results.get("teacher/miou", -1.0))
+          checkpointer.save_best(done, state, best)
+        if at_checkpoint:
+          checkpointer.save(done, state, force=preempted)
+        if preempted:
+          break
+    checkpointer.wait()
+    writer.flush()
+    if preempted:
+      raise preemption.Preempted(done, os.path.join(ckpt_dir, "latest"))
+    if results and is_chief:
+      _print_summary(config, workdir, stop, results)
+  finally:
+    # Stops the input threads now (not at exit) and lets pending saves finish.
+    batches.close()
     checkpointer.close()
-    raise preemption.Preempted(done, os.path.join(ckpt_dir, "latest"))
-  if results and is_chief:
-    _print_summary(config, workdir, stop, results)
-  checkpointer.close()
   return results
 
 
@@ -315,13 +328,29 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """Eval-only mode: scores the latest (or given) checkpoint in `workdir`."""
   config = ready_config(config)
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
-  if checkpointer.latest_step() is None:
+  # Only read: a workdir without checkpoints is not given an empty checkpoints/ folder.
+  checkpointer = (Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
+                  if os.path.isdir(os.path.join(ckpt_dir, "latest")) else None)
+  if checkpointer is None or checkpointer.latest_step() is None:
     raise FileNotFoundError(
         f"No checkpoint to evaluate in {ckpt_dir}. Train first with the same --workdir, or "
         "point --workdir at a directory that holds a checkpoints/ folder from a run.")
-  state = checkpointer.restore(create_train_state(config, jax.random.key(config.seed)), step)
-  checkpointer.close()
+  target = create_train_state(config, jax.random.key(config.seed))
+  try:
+    state = checkpointer.restore(target, step)
+  except CheckpointError as e:
+    step = checkpointer.latest_step() if step is None else step
+    others = [s for s in checkpointer.all_steps() if s != step]
+    raise CheckpointError(
+        f"Cannot evaluate: {e}. "
+        + (f"The other complete step(s) in {ckpt_dir}: {', '.join(map(str, others))}; move "
+           f"{os.path.join(ckpt_dir, 'latest', str(step))} out of latest/ to evaluate the "
+           "newest of them, or resume training with the same command, which sets damaged "
+           "steps aside itself and continues from the newest intact one."
+           if others else "There is no other checkpoint to fall back on; the run has to "
+           "be trained again (in a new --workdir, to keep these files).")) from None
+  finally:
+    checkpointer.close()
   results = evaluate_state(config, state)
   if jax.process_index() == 0:
     print(f"Checkpoint step {int(state.step)}: {_miou_line(results, config.method)}",

@@ -9,6 +9,7 @@ from scipy import ndimage
 from configs import base
 from ddfp_jax.data import augment
 from ddfp_jax.data import demo
+from ddfp_jax.data import errors
 from ddfp_jax.data import pipeline
 from ddfp_jax.data import sources
 
@@ -467,3 +468,27 @@ def test_unknown_dataset_and_bad_settings_raise_clear_errors(config):
     pipeline.train_batches(config, process_index=2, process_count=2)
   with pytest.raises(pipeline.DatasetError, match="split"):
     pipeline.eval_batches(config, "test")
+
+
+def test_labels_outside_the_classes_stop_the_pipeline_naming_the_example(config):
+  """Where labels enter: a value that is neither a class id nor the ignore label."""
+  c = config.copy_and_resolve_references()
+  c.data.num_classes = 5   # the demo's digits 5-9 are labels 6-10
+  with pytest.raises(errors.LabelError, match=r"The label map of demo labeled scene \d+ "
+                     r"holds the value\(s\) (\d+, )*\d+, which are neither a class id "
+                     r"\(0 to 4, data.num_classes=5\) nor the ignore label \(255\)"):
+    _take(pipeline.train_batches(c, local_device_count=1), 3)
+  with pytest.raises(errors.LabelError, match="demo validation scene"):
+    list(pipeline.eval_batches(c, local_device_count=1))
+  # Every label of the demo fits its 11 classes.
+  assert len(list(pipeline.eval_batches(config, local_device_count=1))) > 0
+
+
+def test_closed_batches_stop_and_running_out_closes(config):
+  batches = pipeline.train_batches(config, local_device_count=1)
+  next(batches)
+  batches.close()
+  with pytest.raises(StopIteration):
+    next(batches)
+  with pipeline.eval_batches(config, local_device_count=1) as evaluation:
+    assert list(evaluation) and not list(evaluation)

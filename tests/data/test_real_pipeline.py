@@ -17,7 +17,7 @@ from ddfp_jax.data import cityscapes
 from ddfp_jax.data import fake_layouts
 from ddfp_jax.data import pipeline
 from ddfp_jax.data import sources
-from ddfp_jax.data.errors import DatasetError, SplitError
+from ddfp_jax.data.errors import DatasetError, LabelError, SplitError
 import tiny
 import paths
 
@@ -187,6 +187,18 @@ def test_centre_crop_evaluation_batches(voc_download, tfds_dir):
   # 30 x 40 labels: 3 rows of 255 padded above and below, 2 columns cut on each side.
   np.testing.assert_array_equal(label[3:33], fine[sorted(VOC_VAL)[0]][:, 2:38])
   assert (label[:3] == 255).all() and (label[33:] == 255).all()
+
+
+def test_label_values_outside_the_classes_name_the_file(voc_download, tfds_dir):
+  """Prepared files whose labels do not fit the config's classes (here: a config that
+  claims 3 of VOC's 21, bypassing the config check) stop the pipeline naming the example
+  by its id in the dataset."""
+  root = voc_download[0]
+  config = _config("pascal", root, tfds_dir, num_labeled=2, num_classes=3)
+  pipeline.prepare(config)
+  with pytest.raises(LabelError, match=r"The label map of pascal validation example "
+                     r"\d{4}_\d{6} holds the value\(s\) .*neither a class id \(0 to 2"):
+    list(pipeline.eval_batches(config, local_device_count=1))
 
 
 def test_unprepared_dataset_without_manual_dir_says_how_to_prepare(tmp_path):

@@ -9,7 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from ddfp_jax.training.checkpoint import Checkpointer
+import orbax.checkpoint as ocp
+
+from ddfp_jax.training.checkpoint import CheckpointError, Checkpointer
 
 
 @flax.struct.dataclass
@@ -156,3 +158,91 @@ def test_restore_without_checkpoint_raises(tmp_path):
       ckpt.restore(_state(0))
     with pytest.raises(FileNotFoundError):
       ckpt.restore_best(_state(0))
+
+
+def _largest_data_file(step_dir) -> str:
+  files = [os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names
+           if os.sep + "d" + os.sep in os.path.join(root, name) + os.sep]
+  return max(files, key=os.path.getsize)
+
+
+def _overwrite_middle(path, n=64):
+  """What a bad disk or a stray write does: bytes changed in place, the size unchanged."""
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    f.write(b"\x5a" * n)
+
+
+def _big_state(seed):
+  """A state whose largest array is stored uncompressible enough that an overwrite lands
+  in its data (random floats)."""
+  state = _state(seed)
+  big = jnp.asarray(np.random.RandomState(seed).randn(256, 256), jnp.float32)
+  return state.replace(extra=dict(state.extra, big=big))
+
+
+def _save_big(directory, seeds, keep=2):
+  """Steps 100 * seed of _big_state(seed), on disk."""
+  with Checkpointer(directory, keep=keep) as ckpt:
+    for seed in seeds:
+      ckpt.save(seed * 100, _big_state(seed))
+    ckpt.wait()
+
+
+def _truncate(path):
+  with open(path, "r+b") as f:
+    f.truncate(10)
+
+
+def test_values_changed_on_disk_are_detected_not_restored(tmp_path):
+  """Orbax decodes an overwritten data file into other numbers without complaint; the
+  stored checksums catch it, naming the step and the array. With no other step, a resume
+  stops and changes nothing."""
+  _save_big(tmp_path, [1])
+  _overwrite_middle(_largest_data_file(tmp_path / "latest" / "100"))
+  with Checkpointer(tmp_path, keep=2) as ckpt:
+    with pytest.raises(CheckpointError, match=r"step 100 .* is damaged: 1 of \d+ arrays .*"
+                       r"\(first: extra/big\)"):
+      ckpt.restore(_big_state(0))
+    with pytest.raises(CheckpointError, match=r"No checkpoint .* can be restored: checkpoint "
+                       r"step 100 .* is damaged.*Nothing was changed"):
+      ckpt.restore_newest_intact(_big_state(0))
+  assert os.listdir(tmp_path / "latest") == ["100"] and not (tmp_path / "damaged").exists()
+
+
+def test_unreadable_step_names_the_step_and_the_cause(tmp_path):
+  _save_big(tmp_path, [1])
+  _truncate(_largest_data_file(tmp_path / "latest" / "100"))
+  with Checkpointer(tmp_path, keep=2) as ckpt:
+    with pytest.raises(CheckpointError, match=r"step 100 .* cannot be read: \w+Error: .*"):
+      ckpt.restore(_big_state(0), step=100)
+
+
+def test_resume_sets_damaged_steps_aside_and_uses_the_newest_intact_one(tmp_path):
+  _save_big(tmp_path, [1, 2, 3], keep=3)
+  _overwrite_middle(_largest_data_file(tmp_path / "latest" / "300"))
+  _truncate(_largest_data_file(tmp_path / "latest" / "200"))
+  with Checkpointer(tmp_path, keep=3) as ckpt:
+    state, step, damaged = ckpt.restore_newest_intact(_big_state(0))
+    assert step == 100
+    _assert_identical(state, _big_state(1))
+    assert [d.step for d in damaged] == [300, 200]
+    assert "is damaged" in damaged[0].reason and "cannot be read" in damaged[1].reason
+    # Nothing deleted: the damaged steps are kept under damaged/, out of orbax's listing,
+    # so the resumed run can write those steps again.
+    assert sorted(os.listdir(tmp_path / "damaged")) == ["200", "300"]
+    assert ckpt.all_steps() == [100]
+    assert ckpt.save(200, _big_state(5))
+    ckpt.wait()
+    _assert_identical(ckpt.restore(_big_state(0)), _big_state(5))
+
+
+def test_steps_saved_without_checksums_still_restore(tmp_path):
+  """Checkpoints from before the checksums: restored as they are."""
+  manager = ocp.CheckpointManager(str(tmp_path / "latest"),
+                                  options=ocp.CheckpointManagerOptions(create=True))
+  manager.save(100, args=ocp.args.StandardSave(flax.serialization.to_state_dict(_state(1))))
+  manager.wait_until_finished()
+  manager.close()
+  with Checkpointer(tmp_path) as ckpt:
+    _assert_identical(ckpt.restore(_state(0)), _state(1))

@@ -11,7 +11,7 @@ from configs import base
 from ddfp_jax.config import presets
 from ddfp_jax.training import trainer
 from ddfp_jax.config.check import ConfigError, check_config
-from tiny import tiny_config
+from tiny import DEMO_CLASSES, tiny_config
 import paths
 
 REPO = str(paths.REPO)
@@ -92,9 +92,9 @@ def test_preset_logs_what_it_set_and_warns_when_it_overrides_a_switch(caplog):
 
 
 def test_unknown_preset_is_a_config_error():
-  config = tiny_config(preset="relase")
-  with pytest.raises(ConfigError, match="preset 'relase' is unknown \\(did you mean "
-                     "'release'\\?\\)"):
+  config = tiny_config(preset="relase", **DEMO_CLASSES)
+  with pytest.raises(ConfigError, match="'preset' is 'relase', not one of 'custom', "
+                     "'paper', 'release' \\(did you mean 'release'\\?\\)"):
     check_config(config)
   with pytest.raises(ValueError, match="preset must be one of"):
     presets.apply_preset(config)
@@ -102,6 +102,7 @@ def test_unknown_preset_is_a_config_error():
 
 def test_the_runs_config_has_the_preset_applied(monkeypatch):
   monkeypatch.setattr(trainer, "_prepare_data", lambda config: None)
-  config = tiny_config(preset="release")
+  config = tiny_config(preset="release", **DEMO_CLASSES)
   assert _switches(trainer.ready_config(config)) == RELEASE
-  assert _switches(trainer.ready_config(tiny_config())) == _switches(tiny_config())
+  custom = tiny_config(**DEMO_CLASSES)
+  assert _switches(trainer.ready_config(custom)) == _switches(custom)

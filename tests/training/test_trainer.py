@@ -1,8 +1,6 @@
-"""Trainer and CLI: exact resume, non-finite stop, config errors, dataset preparation in
-a multi-process run, end to end."""
+"""Trainer: exact resume, non-finite stop, config errors, dataset preparation in a
+multi-process run (main.py itself: tests/training/test_cli.py)."""
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -13,10 +11,8 @@ from ddfp_jax.training.checkpoint import Checkpointer
 from ddfp_jax.config.check import ConfigError, check_config
 from ddfp_jax.data.errors import DatasetError
 from ddfp_jax.training.state import create_train_state
-from tiny import demo_cli_overrides, tiny_config
-import paths
+from tiny import DEMO_CLASSES, tiny_config
 
-REPO = str(paths.REPO)
 
 
 def demo_config(data_dir, **overrides):
@@ -88,11 +84,12 @@ def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_
 
 
 def test_config_check_names_missing_unknown_and_mistyped_keys():
-  config = tiny_config()
+  config = tiny_config(**DEMO_CLASSES)
   check_config(config)
   config.unlock()
   del config.ddfp["eps"]
   config.model.dept = 50
+  config.ddfp.vat_xi = 1e-6       # a key of an earlier version
   del config.ddfp.flow["hidden"]   # a config file that rebuilds a field with the wrong type
   config.ddfp.flow.hidden = "wide"
   with pytest.raises(ConfigError) as err:
@@ -101,50 +98,7 @@ def test_config_check_names_missing_unknown_and_mistyped_keys():
   assert "missing key(s) ddfp.eps" in message
   assert "unknown key 'model.dept' (did you mean 'model.depth'?)" in message
   assert "'ddfp.flow.hidden' should be a int" in message
-
-
-def _run_cli(*args, cwd=REPO):
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
-  return subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=cwd,
-                        env=env, capture_output=True, text=True, timeout=600)
-
-
-def test_cli_trains_then_evaluates_end_to_end(tmp_path):
-  """The method comes after the config file's name (DDFP runs through main.py in the
-  multi-process tests)."""
-  workdir = str(tmp_path / "run")
-  args = ["--config", "configs/demo.py:fixmatch", "--workdir", workdir,
-          *demo_cli_overrides(tmp_path / "tfds")]
-  out = _run_cli(*args)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert "Final (step 2): teacher mIoU" in out.stdout
-  assert "(method fixmatch)" in out.stdout
-  # The summary ends with the run's directory and where the demo's comparison lives.
-  assert f"Run directory: {workdir} (eval_history.jsonl" in out.stdout
-  assert out.stdout.rstrip().endswith("(docs/compare.md).")
-  assert "results/demo_table4.md" in out.stdout
-  assert os.path.isdir(os.path.join(workdir, "checkpoints", "latest", "2"))
-  evaluated = _run_cli(*args, "--mode", "eval")
-  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  assert "Checkpoint step 2: teacher mIoU" in evaluated.stdout
-
-
-def test_cli_rejects_unknown_override_and_missing_config_cleanly(tmp_path):
-  out = _run_cli("--config", "configs/demo.py", "--workdir", str(tmp_path),
-                 "--config.model.dept=50")
-  assert out.returncode == 2
-  assert 'Did you mean "depth"' in out.stderr and "Traceback" not in out.stderr
-  out = _run_cli("--config", "configs/demo.py:fixmach", "--workdir", str(tmp_path))
-  assert out.returncode == 1
-  assert "method 'fixmach' is unknown (did you mean 'fixmatch'?)" in out.stderr
-  assert "Traceback" not in out.stderr and not os.listdir(tmp_path)
-  out = _run_cli("--config", "configs/nope.py", "--workdir", str(tmp_path))
-  assert out.returncode == 2
-  assert "config file cannot be loaded" in out.stderr and "Traceback" not in out.stderr
-  out = _run_cli("--config", "configs/demo.py", "--workdir", str(tmp_path / "empty"),
-                 "--mode", "eval")
-  assert out.returncode == 1
-  assert "No checkpoint to evaluate" in out.stderr and "Traceback" not in out.stderr
+  assert "unknown key 'ddfp.vat_xi' (replaced by vat.xi)" in message
 
 
 def _as_process(monkeypatch, index, told=None):
