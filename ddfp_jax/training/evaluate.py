@@ -179,23 +179,18 @@ def _add_windows(logits_fn, image, canvas, h: int, w: int, group: List[Window],
   return jax.lax.scan(one_pass, canvas, (ys, xs, weights))[0]
 
 
-def make_eval_step(model: nn.Module, num_classes: int,
-                   heads: Optional[Mapping[str, Callable]] = None,
-                   axis_name: Optional[str] = "batch",
-                   ignore_label: int = 255, *, window: Optional[int] = None,
-                   stride: Optional[int] = None, window_batch: int = 0,
-                   grid: str = "release"
-                   ) -> Callable[[Any, Any, Batch], Dict[str, jax.Array]]:
-  """Builds the per-device evaluation step.
+def make_predict_step(model: nn.Module,
+                      heads: Optional[Mapping[str, Callable]] = None, *,
+                      window: Optional[int] = None, stride: Optional[int] = None,
+                      window_batch: int = 0, grid: str = "release"
+                      ) -> Callable[..., Dict[str, jax.Array]]:
+  """Builds the per-device prediction step that evaluation and `ddfp_jax.predict` share.
 
   Args:
     model: a `DeepLabV3Plus`; run in inference mode (running BN statistics, no dropout).
-    num_classes: K.
-    heads: a method's extra evaluation heads, {name: head(head_state, v) -> class scores}
-      on the clean features v (main BatchNorm), e.g. DDFP's FlowGMM ("flow"). The heads
-      run only when the step also receives their state.
-    axis_name: the pmap axis to psum over; None for a plain single-device call.
-    ignore_label: label value that is never counted.
+    heads: a method's extra heads, {name: head(head_state, v) -> class scores} on the
+      clean features v (main BatchNorm), e.g. DDFP's FlowGMM ("flow"). The heads run only
+      when the step also receives their state.
     window: None predicts the whole image at once. Otherwise the side of the square
       sliding windows (`sliding_window_scores`); the heads' scores are summed over the
       same windows.
@@ -204,42 +199,68 @@ def make_eval_step(model: nn.Module, num_classes: int,
     grid: window placement rule, "release" or "shifted" (`window_spans`).
 
   Returns:
-    `eval_step(variables, head_state, batch) -> {"confusion": (K, K) int32, and
-    "<name>_confusion" for each head}` where `variables` are the model's variables
-    ({"params", "batch_stats"}), `head_state` what the heads read (a method's extra
-    state) or None, and `batch` holds "image" (B, H, W, 3) float32, "label" (B, H, W)
-    int and optionally "valid" (B,) bool. Whether the heads run is decided at trace time
-    from `heads` and `head_state is None`.
+    `predict_step(variables, head_state, image, size=None) -> {"model": (B, H, W) int32,
+    and one entry per head that ran}`: class maps at `size` (default the image's; a
+    sliding window needs the image's), `variables` the model's ({"params",
+    "batch_stats"}), `head_state` what the heads read (a method's extra state) or None.
+    Whether the heads run is decided at trace time from `heads` and `head_state is None`.
   """
   heads = dict(heads or {})
   if window is not None:
     stride = window_stride(window, 2 / 3) if stride is None else stride
     window_spans(window, window, stride, grid)  # fail at build time, not at trace time
 
-  def eval_step(variables, head_state, batch: Batch) -> Dict[str, jax.Array]:
-    image, label = batch["image"], batch["label"]
-    valid = batch.get("valid")
-    size = label.shape[1:3]
+  def predict_step(variables, head_state, image, size=None) -> Dict[str, jax.Array]:
+    size = tuple(image.shape[1:3]) if size is None else tuple(size)
     extra_heads = heads if head_state is not None else {}
 
     def scores(x):
       u = model.apply(variables, x, False, method="encode")
       v = model.apply(variables, u, False, method="features")
-      logits = {"confusion": model.apply(variables, v, method="classify")}
+      logits = {"model": model.apply(variables, v, method="classify")}
       for name, head in extra_heads.items():
-        logits[f"{name}_confusion"] = head(head_state, v)
+        logits[name] = head(head_state, v)
       return logits
 
     if window is None:
-      preds = {key: predict(logits, size) for key, logits in scores(image).items()}
-    else:
-      if image.shape[1:3] != size:
-        raise ValueError(f"sliding-window evaluation needs labels of the image's size, "
-                         f"got image {image.shape[1:3]} and label {size}.")
-      windows = window_grid(size[0], size[1], window, stride, grid)
-      summed = sliding_window_scores(scores, image, windows, window_batch)
-      preds = {key: jnp.argmax(s, axis=-1).astype(jnp.int32) for key, s in summed.items()}
-    out = {key: metrics.confusion_matrix(pred, label, num_classes, ignore_label, valid)
+      return {key: predict(logits, size) for key, logits in scores(image).items()}
+    if tuple(image.shape[1:3]) != size:
+      raise ValueError(f"sliding-window evaluation needs labels of the image's size, "
+                       f"got image {image.shape[1:3]} and label {size}.")
+    windows = window_grid(size[0], size[1], window, stride, grid)
+    summed = sliding_window_scores(scores, image, windows, window_batch)
+    return {key: jnp.argmax(s, axis=-1).astype(jnp.int32) for key, s in summed.items()}
+
+  return predict_step
+
+
+def make_eval_step(model: nn.Module, num_classes: int,
+                   heads: Optional[Mapping[str, Callable]] = None,
+                   axis_name: Optional[str] = "batch",
+                   ignore_label: int = 255, **predict_kwargs
+                   ) -> Callable[[Any, Any, Batch], Dict[str, jax.Array]]:
+  """Builds the per-device evaluation step: `make_predict_step`'s class maps, counted.
+
+  Args:
+    model, heads: as `make_predict_step`.
+    num_classes: K.
+    axis_name: the pmap axis to psum over; None for a plain single-device call.
+    ignore_label: label value that is never counted.
+    **predict_kwargs: `window`, `stride`, `window_batch`, `grid` of `make_predict_step`.
+
+  Returns:
+    `eval_step(variables, head_state, batch) -> {"confusion": (K, K) int32, and
+    "<name>_confusion" for each head}`; `batch` holds "image" (B, H, W, 3) float32,
+    "label" (B, H, W) int and optionally "valid" (B,) bool.
+  """
+  predict_step = make_predict_step(model, heads, **predict_kwargs)
+
+  def eval_step(variables, head_state, batch: Batch) -> Dict[str, jax.Array]:
+    label = batch["label"]
+    preds = predict_step(variables, head_state, batch["image"], label.shape[1:3])
+    out = {("confusion" if key == "model" else f"{key}_confusion"):
+           metrics.confusion_matrix(pred, label, num_classes, ignore_label,
+                                    batch.get("valid"))
            for key, pred in preds.items()}
     if axis_name is not None:
       out = jax.lax.psum(out, axis_name)
@@ -248,32 +269,41 @@ def make_eval_step(model: nn.Module, num_classes: int,
   return eval_step
 
 
+def predict_kwargs_from_config(config) -> Dict[str, Any]:
+  """`make_predict_step`'s protocol arguments for `config.data.eval_protocol`.
+
+  "whole" and "center_crop" predict the image as it comes (a centre crop is made by the
+  input pipeline); "sliding_window" uses windows of `data.eval_window` with stride
+  `window_stride(eval_window, eval_stride_ratio)`, `data.eval_window_batch` windows per
+  pass, placed by `data.eval_window_grid`.
+
+  Raises:
+    ValueError: for an unknown protocol.
+  """
+  data = config.data
+  if data.eval_protocol in ("whole", "center_crop"):
+    return {}
+  if data.eval_protocol == "sliding_window":
+    return dict(window=data.eval_window,
+                stride=window_stride(data.eval_window, data.eval_stride_ratio),
+                window_batch=data.eval_window_batch, grid=data.eval_window_grid)
+  raise ValueError(f"data.eval_protocol must be one of {PROTOCOLS}, "
+                   f"got {data.eval_protocol!r}.")
+
+
 def eval_step_from_config(config, model: nn.Module,
                           heads: Optional[Mapping[str, Callable]] = None,
                           axis_name: Optional[str] = "batch"
                           ) -> Callable[[Any, Any, Batch], Dict[str, jax.Array]]:
-  """`make_eval_step` for the protocol of `config.data.eval_protocol`.
-
-  "whole" and "center_crop" get the plain step (a centre crop is made by the input
-  pipeline, so the step sees ready images); "sliding_window" gets windows of
-  `data.eval_window` with stride `window_stride(eval_window, eval_stride_ratio)`,
-  `data.eval_window_batch` windows per pass, placed by `data.eval_window_grid`.
+  """`make_eval_step` for the protocol of `config.data.eval_protocol`
+  (`predict_kwargs_from_config`).
 
   Raises:
     ValueError: for an unknown protocol or grid rule, or a bad window / stride.
   """
-  data = config.data
-  kwargs = dict(heads=heads, axis_name=axis_name, ignore_label=data.ignore_label)
-  if data.eval_protocol in ("whole", "center_crop"):
-    return make_eval_step(model, data.num_classes, **kwargs)
-  if data.eval_protocol == "sliding_window":
-    return make_eval_step(
-        model, data.num_classes, window=data.eval_window,
-        stride=window_stride(data.eval_window, data.eval_stride_ratio),
-        window_batch=data.eval_window_batch, grid=data.eval_window_grid,
-        **kwargs)
-  raise ValueError(f"data.eval_protocol must be one of {PROTOCOLS}, "
-                   f"got {data.eval_protocol!r}.")
+  return make_eval_step(model, config.data.num_classes, heads=heads, axis_name=axis_name,
+                        ignore_label=config.data.ignore_label,
+                        **predict_kwargs_from_config(config))
 
 
 def summarize(confusion, prefix: str = "") -> Dict[str, Any]:
