@@ -11,7 +11,7 @@ import pytest
 from ddfp_jax.data import palettes
 from ddfp_jax.models import builders
 from ddfp_jax.data import sources
-from ddfp_jax.tools import predict
+from ddfp_jax.tools import figures, predict
 from ddfp_jax.training import evaluate, metrics, trainer
 from ddfp_jax.training.checkpoint import CheckpointError, Checkpointer
 from ddfp_jax.training.state import create_train_state
@@ -133,3 +133,37 @@ def test_cli_writes_the_pngs(run, tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert "Wrote 18 PNGs for 6 image(s)" in out.stdout
   assert len(os.listdir(tmp_path)) == 18
+
+
+def test_qualitative_figure_shows_image_truth_and_each_runs_prediction(run, tmp_path):
+  root, config, _, labels = run
+  out = str(tmp_path / "q.png")
+  figure = figures.qualitative(config, [("a", str(root / "run")), ("b", str(root / "run"))],
+                               num=3, out=out, scale=2)
+  side, header, gap = 48 * 2, 14, 2
+  assert figure.shape == (header + 3 * (side + gap) - gap, 4 * (side + gap) - gap, 3)
+  np.testing.assert_array_equal(np.asarray(Image.open(out)), figure)
+  up = lambda a: np.repeat(np.repeat(a, 2, axis=0), 2, axis=1)
+  images, _ = sources.demo_arrays(trainer.ready_config(config), "validation")
+  colours = palettes.palette("demo")
+  variables, _, _ = predict.load_variables(config, str(root / "run"))
+  predicted = predict.Predictor(config, variables).predict([images[1]])[0]
+  row = figure[header + side + gap: header + 2 * side + gap]   # the second example
+  np.testing.assert_array_equal(row[:, :side], up(images[1]))
+  np.testing.assert_array_equal(row[:, side + gap: 2 * side + gap], up(colours[labels[1]]))
+  np.testing.assert_array_equal(row[:, 2 * (side + gap): 3 * side + 2 * gap],
+                                up(colours[predicted.astype(np.uint8)]))
+
+
+def test_figures_command_line(run, tmp_path, capsys):
+  root, _, _, _ = run
+  config_file = str(REPO / "configs" / "demo.py")
+  overrides = as_flags({**SMALL_DEMO_SET, "data.data_dir": root / "tfds"})
+  out = str(tmp_path / "q.png")
+  figures.main(["qualitative", "--config", config_file, "--runs", f"ddfp={root / 'run'}",
+                "--num", "2", "--out", out, "--", *overrides])
+  assert "Wrote " + out in capsys.readouterr().out
+  assert Image.open(out).size == (3 * (96 + 2) - 2, 14 + 2 * (96 + 2) - 2)
+  with pytest.raises(SystemExit):
+    figures.main(["qualitative", "--config", config_file, "--runs", "ddfp", "--out", out])
+  assert "give NAME=WORKDIR" in capsys.readouterr().err
