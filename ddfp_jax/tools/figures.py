@@ -6,8 +6,8 @@ r"""Figures as PNG files, from trained runs.
 `qualitative` (the paper's qualitative figure): validation images in rows; columns the
 image, its ground truth and each run's teacher prediction (predicted as validation does,
 `tools.predict.Predictor`), in the dataset's colours (`data.palettes`; ignore pixels
-white). Every run is read with `--config` (the architecture must be the same; the method
-does not matter for predicting), `-- --config.KEY=VALUE` overrides apply to all.
+white). Every run is read with `--config` and the method its run_info.json names (the
+network must be the config's); `-- --config.KEY=VALUE` overrides apply to all.
 """
 import argparse
 import sys

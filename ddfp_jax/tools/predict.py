@@ -19,6 +19,7 @@ a class), NAME_color.png (a palette PNG of the same ids in the dataset's colours
 `data.palettes`) and NAME_overlay.png (the colours blended over the image).
 """
 import glob
+import json
 import os
 import sys
 from typing import Dict, List, Sequence, Tuple
@@ -81,6 +82,23 @@ def bucket_shape(height: int, width: int, bucket: int) -> Tuple[int, int]:
   return up(height), up(width)
 
 
+def _with_runs_method(config, workdir: str):
+  """`config` with the method the run in `workdir` trained (its run_info.json): the
+  method decides the state's extra part (DDFP's flow), which a restore must match; the
+  network, the only part that predicts, is the config's either way."""
+  from ddfp_jax.methods import METHODS  # pylint: disable=g-import-not-at-top
+  try:
+    with open(os.path.join(workdir, "run_info.json")) as f:
+      method = json.load(f).get("method")
+  except (OSError, ValueError):
+    return config
+  if method not in METHODS or method == config.method:
+    return config
+  config = config.copy_and_resolve_references()
+  config.method = method
+  return config
+
+
 def load_variables(config, workdir: str, checkpoint: str = "latest",
                    model: str = "teacher"):
   """({"params", "batch_stats"}, the method's extra state, step) of a run's checkpoint."""
@@ -91,7 +109,7 @@ def load_variables(config, workdir: str, checkpoint: str = "latest",
   if not os.path.isdir(os.path.join(ckpt_dir, "latest")):
     raise PredictError(f"no checkpoints in {workdir}: pass the --workdir of a training run "
                        "(or of a converted release model).")
-  target = create_train_state(config, jax.random.key(config.seed))
+  target = create_train_state(_with_runs_method(config, workdir), jax.random.key(config.seed))
   with Checkpointer(ckpt_dir) as checkpointer:
     try:
       if checkpoint == "best":
