@@ -45,12 +45,12 @@ def qualitative(config, runs: Sequence[Tuple[str, str]], num: int, out: str,
                 scale: int = 2, model: str = "teacher") -> np.ndarray:
   """Writes the figure to `out` and returns it as (H, W, 3) uint8."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from ddfp_jax.data import palettes, sources  # pylint: disable=g-import-not-at-top
+  from ddfp_jax.data import palettes  # pylint: disable=g-import-not-at-top
   from ddfp_jax.tools import predict  # pylint: disable=g-import-not-at-top
   from ddfp_jax.training import trainer  # pylint: disable=g-import-not-at-top
   config = trainer.ready_config(config)
   colours = palettes.palette(config.data.name)
-  images, labels = _validation_examples(config, sources, num)
+  images, labels = _validation_examples(config, num)
   columns = [[image for image in images], [colours[label] for label in labels]]
   for _, workdir in runs:
     variables, _, _ = predict.load_variables(config, workdir, "latest", model)
@@ -62,10 +62,10 @@ def qualitative(config, runs: Sequence[Tuple[str, str]], num: int, out: str,
   return figure
 
 
-def _validation_examples(config, sources, num: int) -> Tuple[List[np.ndarray],
-                                                             List[np.ndarray]]:
+def _validation_examples(config, num: int) -> Tuple[List[np.ndarray], List[np.ndarray]]:
   """The first `num` validation images and labels (the demo's from memory, a real
   dataset's decoded from its prepared files)."""
+  from ddfp_jax.data import sources  # pylint: disable=g-import-not-at-top
   if config.data.name == "demo":
     images, labels = sources.demo_arrays(config, "validation")
     return list(images[:num]), list(labels[:num])
