@@ -15,6 +15,7 @@ PINNED = {
     "random.eps": 4.0, "vat.eps": 4.0, "semi.ema_decay": 0.999,
     "data.scale_range": (0.5, 2.0), "data.flip_prob": 0.5, "data.demo_labeled": 40,
     "data.demo_unlabeled": 1000,
+    "train.num_images": 0,   # the picture test turns them on (tests/training/test_visuals.py)
 }
 # The tiny model and schedule every test uses.
 TINY = {

@@ -147,6 +147,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.checkpoint_every = 1000
   train.keep_checkpoints = 2
   train.eval_teacher = True
+  # At every evaluation, this many validation images as TensorBoard pictures (ground
+  # truth, predictions, confident pseudo labels, the method's density maps); 0: none.
+  train.num_images = 4
   train.steps_this_run = 0            # >0: stop (with a checkpoint) after this many steps,
                                       # for time-limited jobs; resume with the same command
   # Printed after the final mIoU line: where this setting's comparison of methods lives

@@ -26,8 +26,21 @@ def load(config_file: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   return values.config
 
 
+# Keys that change only what a run draws for people to look at, never its numbers: left
+# out of the fingerprint, so a finished run stays reusable whatever they are (and runs
+# from before a key existed keep their fingerprint).
+NOT_FINGERPRINTED = ("train.num_images",)
+
+
 def fingerprint(config: ml_collections.ConfigDict) -> str:
-  """A short hash of every value of `config`: two runs with the same fingerprint (seed
-  included) are the same run."""
-  text = json.dumps(config.to_dict(), sort_keys=True, default=repr)
+  """A short hash of every value of `config` but `NOT_FINGERPRINTED`: two runs with the
+  same fingerprint (seed included) are the same run."""
+  values = config.to_dict()
+  for key in NOT_FINGERPRINTED:
+    *parents, leaf = key.split(".")
+    node = values
+    for parent in parents:
+      node = node.get(parent, {})
+    node.pop(leaf, None)
+  text = json.dumps(values, sort_keys=True, default=repr)
   return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,4 +1,6 @@
-"""Colours of the class ids, per dataset, as (256, 3) uint8 tables (index = class id).
+"""How the classes of each dataset are shown: colours and names.
+
+Colours of the class ids, per dataset, as (256, 3) uint8 tables (index = class id):
 
 - pascal / pascal_blended: the VOC devkit's palette (bit-interleaved colour map), the one
   VOC's own label PNGs carry; 255 (ignore) is its cream boundary colour.
@@ -6,7 +8,8 @@
 - demo: background black, the ten digits in ten well-separated hues; 255 white.
 
 Every table has 256 entries, so it can be a PNG palette directly: a palette ("P") PNG of
-a class map stores the ids themselves and shows the colours.
+a class map stores the ids themselves and shows the colours. `class_names` gives the
+names figures write next to the colours.
 """
 import colorsys
 
@@ -56,3 +59,26 @@ def palette(dataset: str) -> np.ndarray:
   if dataset not in _PALETTES:
     raise ValueError(f"no palette for dataset {dataset!r}; known: {sorted(_PALETTES)}")
   return _PALETTES[dataset]()
+
+
+VOC_NAMES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
+             "cat", "chair", "cow", "dining table", "dog", "horse", "motorbike", "person",
+             "potted plant", "sheep", "sofa", "train", "tv/monitor")
+
+
+def _cityscapes_names():
+  from cityscapesscripts.helpers import labels  # pylint: disable=g-import-not-at-top
+  names = {label.trainId: label.name for label in labels.labels if 0 <= label.trainId < 255}
+  return tuple(names[i] for i in range(len(names)))
+
+
+_NAMES = {"demo": lambda: ("background",) + tuple(str(d) for d in range(demo.NUM_CLASSES - 1)),
+          "cityscapes": _cityscapes_names, "pascal": lambda: VOC_NAMES,
+          "pascal_blended": lambda: VOC_NAMES}
+
+
+def class_names(dataset: str) -> tuple:
+  """The name of each class id of `dataset`, in id order."""
+  if dataset not in _NAMES:
+    raise ValueError(f"no class names for dataset {dataset!r}; known: {sorted(_NAMES)}")
+  return _NAMES[dataset]()

@@ -14,7 +14,7 @@ here, once per run, from the standard split lists (`config.data.split_dir`) or a
 draw (`config.data.num_labeled`, `config.data.split_seed`); see `train_split`.
 """
 import os
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -283,3 +283,16 @@ def eval_source(config, split: str = "validation") -> Source:
     raise DatasetError(f"Unknown split {split!r} of {config.data.name}; expected one of "
                        f"{real_datasets.SPLITS}.")
   return _encoded_source(config, _builder_names(config.data.name)[0], split)
+
+
+def first_examples(config, num: int, split: str = "validation"
+                   ) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+  """The first `num` examples of an evaluation split as numpy (image uint8 (H, W, 3),
+  label uint8 (H, W)) lists: the demo's from memory, a real dataset's decoded from its
+  prepared files. Figures and the training images show them."""
+  if config.data.name == "demo":
+    images, labels = demo_arrays(config, split)
+    return list(images[:num]), list(labels[:num])
+  source = eval_source(config, split)
+  pairs = [source.load(i) for i in range(min(num, source.size))]
+  return [np.asarray(i) for i, _ in pairs], [np.asarray(l) for _, l in pairs]

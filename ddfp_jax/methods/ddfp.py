@@ -69,11 +69,16 @@ def init_extra(config, rng, feature_dim: int):
           "flow_opt_state": optim.flow_optimizer(config).init(flow_params)}
 
 
+def make_log_density(config):
+  """log p(v) of pixel features under the flow of the extra state (the mixture)."""
+  density = builders.build_density(config)
+  return lambda extra, v: density.apply(extra["flow_params"], v, method="log_prob")
+
+
 def make_loss(tools):
-  density = builders.build_density(tools.config)
   perturbation = PerturbationConfig(kind="density_descending", eps=tools.config.ddfp.eps)
-  log_density = lambda extra, v: density.apply(extra["flow_params"], v, method="log_prob")
-  return feature_perturbation.make_feature_loss(tools, perturbation, log_density)
+  return feature_perturbation.make_feature_loss(tools, perturbation,
+                                                make_log_density(tools.config))
 
 
 def make_flow_update(tools):
@@ -141,5 +146,6 @@ METHOD = Method(
     init_extra=init_extra,
     make_extra_update=make_flow_update,
     make_eval_heads=make_eval_heads,
+    make_log_density=make_log_density,
     check_config=feature_perturbation.check_site,
 )

@@ -102,6 +102,41 @@ def make_feature_loss(tools, perturbation: PerturbationConfig,
   return loss
 
 
+def inference_views(config, model, student, images, log_density: Optional[Callable],
+                    confident, kinds, rng):
+  """The student's pixel features v of `images` in inference mode, clean and perturbed
+  by each perturbation kind of `kinds` at `config.semi.site` (`ddfp.eps` for the kinds
+  with a norm), as the diagnostics and the training images look at them.
+
+  Args:
+    config, model: the run's config and DeepLabV3+.
+    student: the student's {"params", "batch_stats"}.
+    images: (N, H, W, 3) normalised images.
+    log_density: v -> (N, h, w) log-density, for kinds that read one (DDFP's flow).
+    confident: (N, h, w) bool on the feature grid: the pixels that are perturbed.
+    kinds: perturbation kinds (`perturbations.KINDS`).
+    rng: one key, split over the kinds.
+
+  Returns:
+    ({"clean": v, kind: v_perturbed, ...}, to_logits): features (N, h, w, C) and the map
+    from features to class logits. At the release's site the clean view also passes the
+    auxiliary BatchNorm (delta = 0 on the same path).
+  """
+  u = model.apply(student, images, False, method="encode")
+  if config.semi.site == "classifier_input":
+    x = u
+    to_features = lambda x: model.apply(student, x, False, True, method="features")
+  else:
+    x = model.apply(student, u, False, method="features")
+    to_features = lambda f: f
+  to_logits = lambda f: model.apply(student, f, method="classify")
+  site = PerturbationSite(to_features, to_logits, log_density, confident)
+  views = {"clean": to_features(x)}
+  for kind, key in zip(kinds, jax.random.split(rng, len(kinds))):
+    views[kind] = to_features(perturb(x, site, PerturbationConfig(kind, config.ddfp.eps), key))
+  return views, to_logits
+
+
 def _baseline(kind: str, block: Callable[[], ml_collections.ConfigDict],
               settings: Callable[[ml_collections.ConfigDict], dict]) -> Method:
   """A Table 4 baseline: perturbation `kind` with hyper-parameters from its block."""

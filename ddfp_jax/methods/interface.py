@@ -74,6 +74,8 @@ LossFn = Callable[[PyTree, StepInputs, Array], Tuple[Array, Tuple[PyTree, Dict[s
 ExtraUpdate = Callable[[PyTree, StepInputs, Array], Tuple[PyTree, Dict[str, Array]]]
 # head(extra, v) -> class scores (N, h, w, K) of an extra evaluation head.
 EvalHead = Callable[[PyTree, Array], Array]
+# log_density(extra, v) -> (N, h, w) log-density of pixel features v (N, h, w, C).
+LogDensity = Callable[[PyTree, Array], Array]
 
 
 def no_block() -> Optional[ml_collections.ConfigDict]:
@@ -116,5 +118,9 @@ class Method(NamedTuple):
   # classifier's (results "<model>/<name>_miou"), or {}.
   make_eval_heads: Callable[[ml_collections.ConfigDict], Dict[str, EvalHead]] = (
       lambda config: {})
+  # make_log_density(config) -> fn(extra, v) -> (..., ) per-pixel log-density of pixel
+  # features v under the method's extra state (DDFP's flow), for methods that learn one;
+  # the diagnostics and the training images read it.
+  make_log_density: Optional[Callable[[ml_collections.ConfigDict], LogDensity]] = None
   # check_config(config) -> list of problems (one sentence each) with its block.
   check_config: Callable[[ml_collections.ConfigDict], list] = lambda config: []

@@ -80,8 +80,8 @@ def make_measure(config, state):
   """A jitted function of (images, labels, valid) -> sums of the measurements' terms."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from ddfp_jax.methods.perturbations import (  # pylint: disable=import-outside-toplevel
-      PerturbationConfig, PerturbationSite, perturb)
+  from ddfp_jax.methods import (  # pylint: disable=import-outside-toplevel
+      feature_perturbation, get_method)
   from ddfp_jax.models import builders  # pylint: disable=import-outside-toplevel
   from ddfp_jax.models.resize import (  # pylint: disable=import-outside-toplevel
       resize_bilinear, resize_nearest)
@@ -90,8 +90,8 @@ def make_measure(config, state):
   k, ignore, tau = config.data.num_classes, config.data.ignore_label, config.semi.threshold
   teacher = {"params": state.teacher_params, "batch_stats": state.teacher_batch_stats}
   student = {"params": state.params, "batch_stats": state.batch_stats}
-  flow = state.extra.get("flow_params") if isinstance(state.extra, dict) else None
-  density = builders.build_density(config) if flow is not None else None
+  make_log_density = get_method(config.method).make_log_density
+  log_density = make_log_density(config) if make_log_density else None
 
   def teacher_outputs(images):
     """The teacher's pixel features v and logits (inference mode), computed once."""
@@ -111,29 +111,17 @@ def make_measure(config, state):
     return {"total": total, "confident": confident, "correct": correct}
 
   def density_terms(images, keep, rng, t_v, t_logits):
-    log_p = lambda v: density.apply(flow, v.astype(jnp.float32), method="log_prob")
+    log_p = lambda v: log_density(state.extra, v.astype(jnp.float32))
     grid = t_v.shape[1:3]
     valid = resize_nearest(jnp.where(keep, 0, ignore).astype(jnp.int32), grid) != ignore
     probs = jax.nn.softmax(t_logits, axis=-1)
     pseudo = probs.argmax(-1)
     confident = valid & (probs.max(-1) > tau)
-    u = model.apply(student, images, False, method="encode")
-    if config.semi.site == "classifier_input":
-      x = u
-      to_features = lambda x: model.apply(student, x, False, True, method="features")
-    else:
-      x = model.apply(student, u, False, method="features")
-      to_features = lambda f: f
-    to_logits = lambda f: model.apply(student, f, method="classify")
-    site = PerturbationSite(to_features, to_logits, log_p, confident)
     out = {}
     out["teacher_nll"] = _masked_mean(-log_p(t_v), valid)
-    k_dd, k_rand = jax.random.split(rng)
-    # Clean = the same path with delta = 0 (at the release's site: the auxiliary BN too).
-    views = {"clean": to_features(x)}
-    for name, kind, key in (("density_descending", "density_descending", k_dd),
-                            ("random", "random", k_rand)):
-      views[name] = to_features(perturb(x, site, PerturbationConfig(kind, config.ddfp.eps), key))
+    views, to_logits = feature_perturbation.inference_views(
+        config, model, student, images, log_p, confident, ("density_descending", "random"),
+        rng)
     out["feature_norm"] = _masked_mean(jnp.linalg.norm(views["clean"].astype(jnp.float32),
                                                        axis=-1), confident)
     for name, v in views.items():
@@ -149,7 +137,7 @@ def make_measure(config, state):
   def measure(images, labels, keep, rng):
     t_v, t_logits = teacher_outputs(images)
     terms = {"pseudo_labels": pseudo_label_terms(images, labels, keep, t_logits)}
-    if density is not None:
+    if log_density is not None:
       terms["density"] = density_terms(images, keep, rng, t_v, t_logits)
     return terms
   return measure

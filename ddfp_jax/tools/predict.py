@@ -129,45 +129,69 @@ def load_variables(config, workdir: str, checkpoint: str = "latest",
 
 
 class Predictor:
-  """Class maps for images of any size, the way validation predicts them."""
+  """Class maps for images of any size, the way validation predicts them.
 
-  def __init__(self, config, variables, bucket: int = 1):
+  Built once per config; `predict(variables, images)` takes the model's variables at each
+  call, so one Predictor (and its compiled steps, one per image shape) serves any number
+  of checkpoints. By default batched over the local devices (`jax.pmap`); with
+  `single_device` it runs on the first local device alone (`jax.jit`), which one process
+  of a multi-process run may do without the others (the training images).
+  """
+
+  def __init__(self, config, bucket: int = 1, single_device: bool = False):
     import jax  # pylint: disable=g-import-not-at-top
     from ddfp_jax.models import builders  # pylint: disable=g-import-not-at-top
     from ddfp_jax.training import evaluate  # pylint: disable=g-import-not-at-top
-    self.config, self.variables, self.bucket = config, variables, max(1, int(bucket))
-    self.devices = jax.local_device_count()
+    self.config, self.bucket = config, max(1, int(bucket))
+    self.devices = 1 if single_device else jax.local_device_count()
     self.per_device = int(config.data.eval_per_device)
     kwargs = evaluate.predict_kwargs_from_config(config)
     self.sliding = "window" in kwargs
     step = evaluate.make_predict_step(builders.build_model(config), **kwargs)
-    self._step = jax.pmap(lambda v, x: step(v, None, x)["model"], in_axes=(None, 0))
+    classes = lambda v, x: step(v, None, x)["model"]
+    if single_device:
+      jitted = jax.jit(classes)
+      self._step = lambda v, x: jitted(v, x[0])[None]
+    else:
+      self._step = jax.pmap(classes, in_axes=(None, 0))
 
-  def _prepare(self, image: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
-    """The normalised network input and where the image's pixels lie in it."""
+  def _layout(self, height: int, width: int):
+    """((top, bottom), (left, right)) padding, then the (y, x, h, w) window kept."""
+    if self.config.data.eval_protocol == "center_crop":
+      # As validation: pad evenly to at least the crop, take the centre.
+      crop = int(self.config.data.eval_crop)
+      ph, pw = max(crop - height, 0), max(crop - width, 0)
+      pads = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
+      return pads, ((height + ph - crop) // 2, (width + pw - crop) // 2, crop, crop)
+    bh, bw = (height, width) if self.sliding else bucket_shape(height, width, self.bucket)
+    return ((0, bh - height), (0, bw - width)), (0, 0, bh, bw)
+
+  def _arrange(self, array: np.ndarray, fill) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+    pads, (y, x, h, w) = self._layout(*array.shape[:2])
+    padded = np.pad(array, pads + ((0, 0),) * (array.ndim - 2), constant_values=fill)
+    # Where the array's own pixels lie in the result.
+    top, left = pads[0][0] - y, pads[1][0] - x
+    region = (max(top, 0), min(top + array.shape[0], h), max(left, 0),
+              min(left + array.shape[1], w))
+    return padded[y:y + h, x:x + w], region
+
+  def prepare(self, image: np.ndarray) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+    """The normalised network input of a (H, W, 3) uint8 image (padding 0: the mean
+    colour, as validation pads) and (y1, y2, x1, x2), where the image's pixels lie in it."""
     data = self.config.data
     x = (image.astype(np.float32) - np.asarray(data.mean, np.float32)) / np.asarray(
         data.std, np.float32)
-    h, w = image.shape[:2]
-    if data.eval_protocol == "center_crop":
-      # As validation: pad evenly to at least the crop (0 = mean colour), take the centre.
-      crop = int(data.eval_crop)
-      ph, pw = max(crop - h, 0), max(crop - w, 0)
-      x = np.pad(x, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
-      top, left = (x.shape[0] - crop) // 2, (x.shape[1] - crop) // 2
-      x = x[top:top + crop, left:left + crop]
-      # The part of the crop that holds the image.
-      y0, x0 = max(ph // 2 - top, 0), max(pw // 2 - left, 0)
-      return x, (y0, min(y0 + h, crop), x0, min(x0 + w, crop))
-    if self.sliding:
-      return x, (0, h, 0, w)
-    bh, bw = bucket_shape(h, w, self.bucket)
-    return np.pad(x, ((0, bh - h), (0, bw - w), (0, 0))), (0, h, 0, w)
+    return self._arrange(x, 0.0)
 
-  def predict(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
-    """(H', W') int class maps, one per image in order (H' x W' the image's size; for a
-    centre crop the crop's part that holds the image)."""
-    prepared = [self._prepare(image) for image in images]
+  def prepare_label(self, label: np.ndarray) -> np.ndarray:
+    """A (H, W) label laid out as `prepare` lays out its image (padding ignored)."""
+    return self._arrange(label, self.config.data.ignore_label)[0]
+
+  def predict(self, variables, images: Sequence[np.ndarray]) -> List[np.ndarray]:
+    """(H', W') int class maps of {"params", "batch_stats"} `variables`, one per image in
+    order (H' x W' the image's size; for a centre crop the crop's part that holds the
+    image)."""
+    prepared = [self.prepare(image) for image in images]
     groups: Dict[Tuple[int, int], List[int]] = {}
     for index, (x, _) in enumerate(prepared):
       groups.setdefault(x.shape[:2], []).append(index)
@@ -178,7 +202,7 @@ class Predictor:
         chunk = indices[start:start + per_call]
         batch = np.stack([prepared[i][0] for i in chunk]
                          + [prepared[chunk[0]][0]] * (per_call - len(chunk)))
-        out = np.asarray(self._step(self.variables, batch.reshape(
+        out = np.asarray(self._step(variables, batch.reshape(
             (self.devices, -1) + batch.shape[1:])))
         out = out.reshape((-1,) + shape)
         for i, pred in zip(chunk, out):
@@ -242,14 +266,15 @@ def run(config, workdir: str, patterns: Sequence[str], out_dir: str,
   names = [os.path.splitext(os.path.basename(p))[0] for p in paths]
   if len(set(names)) != len(names):   # the same file name in two folders
     names = [f"{i:05d}_{n}" for i, n in enumerate(names)]
-  predictor = Predictor(config, variables, bucket)
+  predictor = Predictor(config, bucket)
   written = []
   with tqdm(total=len(paths), disable=not progress, desc=f"{model} step {step}") as bar:
     # A chunk of images in memory at a time, whatever the folder's size.
     for start in range(0, len(paths), _IMAGES_IN_MEMORY):
       chunk = slice(start, start + _IMAGES_IN_MEMORY)
       images = [read_image(p) for p in paths[chunk]]
-      for name, image, classes in zip(names[chunk], images, predictor.predict(images)):
+      predicted = predictor.predict(variables, images)
+      for name, image, classes in zip(names[chunk], images, predicted):
         written.append(write_outputs(out_dir, name, image, classes, colours))
         bar.update()
   return written

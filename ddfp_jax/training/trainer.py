@@ -41,6 +41,7 @@ from ddfp_jax.interop.pretrained import initial_train_state
 from ddfp_jax.methods import get_method
 from ddfp_jax.training.state import TrainState, create_train_state
 from ddfp_jax.training.step import AXIS, phase_at, pmap_train_step, replicate
+from ddfp_jax.training.visuals import TrainingImages
 
 
 class NonFiniteError(RuntimeError):
@@ -258,6 +259,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   state = replicate(state)
   p_step = pmap_train_step(config)
   p_eval = _eval_fn(config)
+  # Pictures for TensorBoard at each evaluation, drawn by process 0 alone.
+  pictures = TrainingImages(config) if is_chief and config.train.num_images > 0 else None
   batches = pipeline.train_batches(config, start_step=start,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
@@ -302,6 +305,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         if at_eval:
           results = evaluate_state(config, state, p_eval)
           writer.write_scalars(done, _scalars(results))
+          if pictures is not None:
+            writer.write_images(done, pictures(state))
           if is_chief:
             _append_eval(workdir, done, results)
           best = max(results.get("student/miou"), results.get("teacher/miou", -1.0))

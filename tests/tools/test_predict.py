@@ -1,4 +1,5 @@
-"""Predictions: the written PNGs against the evaluation, palettes, sizes, bad input."""
+"""Predictions (the written PNGs against the evaluation, palettes, sizes, bad input) and
+the figures drawn from them."""
 import os
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def test_sliding_window_prediction_is_the_evaluations(run):
   config.data.eval_window_grid = "shifted"
   variables, _, _ = predict.load_variables(config, str(root / "run"))
   image = np.random.RandomState(1).randint(0, 255, (40, 56, 3), np.uint8)
-  classes = predict.Predictor(config, variables).predict([image])[0]
+  classes = predict.Predictor(config).predict(variables, [image])[0]
   assert classes.shape == (40, 56)
   step = evaluate.eval_step_from_config(config, builders.build_model(config),
                                         axis_name=None)
@@ -147,7 +148,7 @@ def test_qualitative_figure_shows_image_truth_and_each_runs_prediction(run, tmp_
   images, _ = sources.demo_arrays(trainer.ready_config(config), "validation")
   colours = palettes.palette("demo")
   variables, _, _ = predict.load_variables(config, str(root / "run"))
-  predicted = predict.Predictor(config, variables).predict([images[1]])[0]
+  predicted = predict.Predictor(config).predict(variables, [images[1]])[0]
   row = figure[header + side + gap: header + 2 * side + gap]   # the second example
   np.testing.assert_array_equal(row[:, :side], up(images[1]))
   np.testing.assert_array_equal(row[:, side + gap: 2 * side + gap], up(colours[labels[1]]))
@@ -167,3 +168,60 @@ def test_figures_command_line(run, tmp_path, capsys):
   with pytest.raises(SystemExit):
     figures.main(["qualitative", "--config", config_file, "--runs", "ddfp", "--out", out])
   assert "give NAME=WORKDIR" in capsys.readouterr().err
+  figures.main(["tsne", "--config", config_file, "--runs", f"ddfp={root / 'run'}",
+                "--per-class", "10", "--num-images", "2", "--out", out, "--", *overrides])
+  assert "ddfp: silhouette" in capsys.readouterr().out
+  assert Image.open(out).size == (400, 400)
+  with pytest.raises(SystemExit):
+    figures.main(["density", "--config", config_file, "--workdir", str(root / "run"),
+                  "--out", out, "--", *overrides, "--config.method=supervised"])
+  assert "learns no feature density" in capsys.readouterr().err
+
+
+def test_sample_pixels_takes_up_to_n_of_each_class_where_it_is():
+  rs = np.random.RandomState(0)
+  labels = [rs.randint(0, 3, (5, 7)) for _ in range(4)]
+  labels[2][:] = 0                 # class 2 is rare: only in the other maps
+  chosen = figures.sample_pixels(labels, num_classes=4, per_class=6, seed=1)
+  picked = [tuple(p) + (i,) for i, points in enumerate(chosen) for p in points]
+  assert len(set(picked)) == len(picked)          # no pixel twice
+  classes = np.asarray([labels[i][r, c] for r, c, i in picked])
+  available = np.bincount(np.concatenate([l.ravel() for l in labels]), minlength=4)
+  assert np.bincount(classes, minlength=4).tolist() == np.minimum(available, 6).tolist()
+  again = figures.sample_pixels(labels, num_classes=4, per_class=6, seed=1)
+  assert all(np.array_equal(a, b) for a, b in zip(chosen, again))
+
+
+def test_tsne_figure_has_a_panel_per_run(run, tmp_path):
+  root, config, _, _ = run
+  out = str(tmp_path / "t.png")
+  result = figures.tsne(config, [("before", str(root / "run")), ("after", str(root / "run"))],
+                        out, per_class=20, num_images=6)
+  assert Image.open(out).size == (2 * 400, 400)
+  assert result["before"] == result["after"]      # the same checkpoint, the same pixels
+  assert -1.0 <= result["before"]["silhouette"] <= 1.0
+  assert 0 < result["before"]["pixels"] <= 20 * 11
+
+
+def test_density_figure_of_clean_and_perturbed_features(run, tmp_path):
+  root, config, state, _ = run
+  config = config.copy_and_resolve_references()
+  config.semi.threshold = 0.0   # every pixel confident
+  out = str(tmp_path / "d.png")
+  result = figures.density(config, str(root / "run"), out, num_images=6, bins=20)
+  assert Image.open(out).size == (600, 400)
+  # Every pixel of the feature grid of the 6 scenes (48 x 48 in, the model's stride-4 grid).
+  model = builders.build_model(config)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  grid = jax.eval_shape(lambda x: model.apply(variables, model.apply(
+      variables, x, False, method="encode"), False, method="features"),
+      jax.ShapeDtypeStruct((1, 48, 48, 3), np.float32)).shape[1:3]
+  assert result["pixels"] == 6 * grid[0] * grid[1]
+  means = result["mean_log_density"]
+  # Descending the density lowers it, and more than a random step of the same norm.
+  assert means["density_descending"] < means["clean"]
+  assert means["density_descending"] < means["random"]
+  other = config.copy_and_resolve_references()
+  other.method = "supervised"
+  with pytest.raises(predict.PredictError, match="learns no feature density"):
+    figures.density(other, str(root / "run"), out)

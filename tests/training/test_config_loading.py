@@ -19,3 +19,10 @@ def test_the_fingerprint_is_of_the_values_not_of_how_they_were_written():
       "configs/demo.py", [f"--config.ddfp.eps={demo.get_config().ddfp.eps:g}"])) == base
   assert loading.fingerprint(loading.load("configs/demo.py", ["--config.seed=1"])) != base
   assert loading.fingerprint(loading.load("configs/demo.py", ["--config.ddfp.eps=3"])) != base
+  # Pictures change no number of a run; a run without the key hashes as one with it.
+  assert loading.fingerprint(loading.load("configs/demo.py",
+                                          ["--config.train.num_images=0"])) == base
+  without = loading.load("configs/demo.py")
+  with without.unlocked():
+    del without.train["num_images"]
+  assert loading.fingerprint(without) == base
