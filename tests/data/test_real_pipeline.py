@@ -2,6 +2,7 @@
 real layouts (`ddfp_jax.data.fake_layouts`): preparation on first use, split lists and
 seeded splits, the Pascal classic/blended sources, errors, and a two-step training run.
 """
+import io
 import os
 import pathlib
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from configs import base
-from ddfp_jax.training import trainer
+from ddfp_jax.training import trainer, visuals
 from ddfp_jax.data import cityscapes
 from ddfp_jax.data import fake_layouts
 from ddfp_jax.data import pipeline
@@ -251,10 +252,35 @@ def test_two_training_steps_on_the_cityscapes_layout(cityscapes_download, tfds_d
   config.train.log_every = 1
   config.train.eval_every = 2
   config.train.checkpoint_every = 2
+  config.train.num_images = 2     # TensorBoard pictures at the evaluation
   results = trainer.train_and_evaluate(config, str(tmp_path / "run"))
   assert 0.0 <= results["student/miou"] <= 1.0
   assert results["student/per_class_iou"].shape == (19,)
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints" / "latest")) == ["2"]
+  # The event file holds every panel of the 2 validation images at their full size
+  # (40 x 80, predicted with sliding windows), DDFP's density panels among them.
+  pictures = _event_images(tmp_path / "run")
+  assert sorted(pictures) == sorted(f"images/{p}" for p in
+                                    visuals.PANELS + visuals.DENSITY_PANELS)
+  for tag, images in pictures.items():
+    assert [image.shape for image in images] == [(40, 80, 3)] * 2, tag
+  first, _ = sources.eval_source(config).load(0)
+  np.testing.assert_array_equal(pictures["images/image"][0], np.asarray(first))
+
+
+def _event_images(workdir):
+  """{tag: [(H, W, 3) uint8, ...]} of every image summary in a run's event files."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  found = {}
+  for path in pathlib.Path(workdir).glob("events.out.tfevents.*"):
+    for record in tf.data.TFRecordDataset(str(path)):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.tag.startswith("images/"):
+          # An image summary's tensor: [width, height, PNG, PNG, ...] as strings.
+          encoded = tf.make_ndarray(value.tensor)[2:]
+          found[value.tag] = [np.asarray(Image.open(io.BytesIO(png))) for png in encoded]
+  return found
 
 
 def test_main_without_the_dataset_exits_with_the_preparation_message(tmp_path):
