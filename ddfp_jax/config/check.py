@@ -116,7 +116,8 @@ _RANGES: List[_Rule] = [
       "vat.xi", "cct_noise.uniform_range", "ddfp.flow.noise_std", "ddfp.flow.grad_clip",
       "optim.weight_decay", "optim.poly_power", "data.brightness", "data.contrast",
       "data.saturation", "data.prefetch", "data.eval_window_batch", "data.num_labeled",
-      "train.steps_this_run", "train.num_images", "schedule.sup_only_epochs",
+      "train.steps_this_run", "train.num_images", "model.projection_dim",
+      "schedule.sup_only_epochs",
       "schedule.flow_start_epoch"),
      lambda x: x >= 0, "0 or more"),
     (("data.num_classes",), lambda x: x >= 2, "at least 2"),
@@ -129,6 +130,8 @@ _RANGES: List[_Rule] = [
      "three positive numbers (R, G, B)"),
     (("model.aspp_rates",), lambda r: len(r) > 0 and all(int(x) > 0 for x in r),
      "positive dilation rates"),
+    (("model.multi_grid",), lambda r: all(int(x) > 0 for x in r),
+     "positive dilation factors, or () for none"),
 ]
 # Requirements between keys: (the key reported, the keys the test reads, test, requirement).
 _RELATIONS: List[Tuple[str, Sequence[str], Callable[..., bool], str]] = [
@@ -138,6 +141,10 @@ _RELATIONS: List[Tuple[str, Sequence[str], Callable[..., bool], str]] = [
      lambda c, s, p: p != "center_crop" or c >= s, "at least model.output_stride ({1})"),
     ("data.eval_window", ("data.eval_window", "model.output_stride", "data.eval_protocol"),
      lambda w, s, p: p != "sliding_window" or w >= s, "at least model.output_stride ({1})"),
+    ("model.multi_grid", ("model.multi_grid", "model.depth"),
+     lambda g, d: not g or d not in resnet.RESNET_LAYOUTS
+     or len(g) == resnet.RESNET_LAYOUTS[d][1][3],
+     "one factor per block of the last stage of ResNet-{1}, or () for none"),
     ("data.ignore_label", ("data.ignore_label", "data.num_classes"),
      lambda i, n: n <= i <= 255, "a label value that is no class id: from data.num_classes "
      "({1}) to 255 (labels are 8-bit)"),

@@ -98,6 +98,11 @@ def get_config() -> ml_collections.ConfigDict:
   # How ASPP computes its dilated convolutions: "dilated" | "space_to_batch" (same result
   # and parameters; ddfp_jax/models/layers.py ATROUS_IMPLS, benchmarks/model.py measures both).
   model.atrous_impl = "dilated"
+  # Last backbone stage's dilation grid, one factor per block: () none, (2, 2, 4) DGCL's.
+  model.multi_grid = ()
+  model.mixed_bn = True               # classifier-block BNs with DDFP's auxiliary set
+  model.projection_dim = 0            # per-pixel projection head width (DGCL: 256); 0: none
+  model.aux_head = False              # auxiliary classifier on stage 3 (DGCL, Cityscapes)
   model.dropout_rate = 0.1
   model.dtype = "float32"             # compute dtype: "float32" | "bfloat16"
   model.pretrained = ml_collections.FieldReference(None, field_type=str)

@@ -30,17 +30,32 @@ def load(config_file: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 # out of the fingerprint, so a finished run stays reusable whatever they are (and runs
 # from before a key existed keep their fingerprint).
 NOT_FINGERPRINTED = ("train.num_images",)
+# Keys added after runs were fingerprinted, with the value that gives the behaviour from
+# before they existed: left out while they hold it, so earlier runs keep their
+# fingerprint (and stay reusable), and any other value still makes another run.
+ADDED_WITH_DEFAULT = {"model.multi_grid": (), "model.mixed_bn": True,
+                      "model.projection_dim": 0, "model.aux_head": False}
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> str:
-  """A short hash of every value of `config` but `NOT_FINGERPRINTED`: two runs with the
-  same fingerprint (seed included) are the same run."""
+  """A short hash of every value of `config` (but `NOT_FINGERPRINTED`, and
+  `ADDED_WITH_DEFAULT` keys at their default): two runs with the same fingerprint (seed
+  included) are the same run."""
   values = config.to_dict()
-  for key in NOT_FINGERPRINTED:
+  dropped = {key: None for key in NOT_FINGERPRINTED}
+  dropped.update(ADDED_WITH_DEFAULT)
+  for key, default in dropped.items():
     *parents, leaf = key.split(".")
     node = values
     for parent in parents:
       node = node.get(parent, {})
-    node.pop(leaf, None)
+    if leaf in node and (key in NOT_FINGERPRINTED or _same(node[leaf], default)):
+      del node[leaf]
   text = json.dumps(values, sort_keys=True, default=repr)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _same(value, default) -> bool:
+  if isinstance(default, tuple):
+    return tuple(value) == default
+  return value == default

@@ -7,13 +7,26 @@ The model exposes the stages that the DDFP step composes:
     logits = model.apply(variables, v, method="classify")       # v -> logits (stride 4)
     logits = model.apply(variables, x, train)                   # image -> logits (stride 4)
 
+Options other methods use (DGCL): `projection_dim` > 0 adds a per-pixel projection head,
+
+    rep = model.apply(variables, v, train, method="project")    # v -> projections
+
+(1x1 conv with bias, BatchNorm over all pixels of the batch, ReLU, 1x1 conv with bias:
+the release's Linear-BatchNorm1d-ReLU-Linear applied to each pixel); `aux_head` adds an
+auxiliary classifier on the backbone's stage 3,
+
+    u, aux_logits = model.apply(variables, x, train, method="encode_with_aux")
+
+(3x3 conv with bias, BN, ReLU, Dropout2d, 1x1 conv: logits at stride 16 or 8); and
+`mixed_bn=False` gives the classifier block plain BatchNorms (no auxiliary set).
+
 `u` is the 304-channel concatenation [low-level (48), upsampled ASPP head (256)] at stride
 4; `v` is the 256-channel output of the two-conv classifier block, the feature whose density
 the flow learns. The classifier block's BatchNorms are mixed: `perturbed=True` routes
 through their auxiliary parameters and statistics. Logits come out in float32 whatever the
 compute dtype, so losses and softmax confidences are computed in full precision.
 """
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -60,6 +73,10 @@ class DeepLabV3Plus(nn.Module):
       small values).
     aspp_rates: ASPP dilations at output stride 16 (6, 12, 18).
     atrous_impl: how ASPP computes its dilated convolutions (`layers.ATROUS_IMPLS`).
+    multi_grid: the last backbone stage's dilation grid (`ResNet.multi_grid`).
+    mixed_bn: the classifier block's BatchNorms carry DDFP's auxiliary set.
+    projection_dim: width of the projection head (0: none).
+    aux_head: an auxiliary classifier on backbone stage 3.
     dropout_rate: Dropout2d rate in the head and the classifier block.
     axis_name: device axis for cross-replica BatchNorm in training (None: local BN).
     dtype: compute dtype (bfloat16 or float32); parameters are always float32.
@@ -71,6 +88,10 @@ class DeepLabV3Plus(nn.Module):
   width: float = 1.0
   aspp_rates: Sequence[int] = (6, 12, 18)
   atrous_impl: str = "dilated"
+  multi_grid: Tuple[int, ...] = ()
+  mixed_bn: bool = True
+  projection_dim: int = 0
+  aux_head: bool = False
   dropout_rate: float = 0.1
   axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
@@ -78,9 +99,11 @@ class DeepLabV3Plus(nn.Module):
   def setup(self):
     w = lambda c: scaled(c, self.width)
     bn = lambda name: BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name=name)
-    mixed_bn = lambda name: MixedBatchNorm(axis_name=self.axis_name, dtype=self.dtype, name=name)
+    block_bn = MixedBatchNorm if self.mixed_bn else BatchNorm
+    mixed_bn = lambda name: block_bn(axis_name=self.axis_name, dtype=self.dtype, name=name)
     self.backbone = ResNet(depth=self.depth, deep_stem=self.deep_stem, width=self.width,
-                           output_stride=self.output_stride, axis_name=self.axis_name,
+                           output_stride=self.output_stride,
+                           multi_grid=tuple(self.multi_grid), axis_name=self.axis_name,
                            dtype=self.dtype)
     self.aspp = ASPP(features=w(256), rates=tuple(self.aspp_rates), axis_name=self.axis_name,
                      dtype=self.dtype, atrous_impl=self.atrous_impl)
@@ -94,10 +117,34 @@ class DeepLabV3Plus(nn.Module):
     self.classifier_bn2 = mixed_bn("classifier_bn2")
     self.final = conv(self.num_classes, 1, use_bias=True, dtype=self.dtype)
     self.dropout = dropout2d(self.dropout_rate)
+    if self.projection_dim:
+      self.projection_conv1 = conv(self.projection_dim, 1, use_bias=True, dtype=self.dtype)
+      self.projection_bn = bn("projection_bn")
+      self.projection_conv2 = conv(self.projection_dim, 1, use_bias=True, dtype=self.dtype)
+    if self.aux_head:
+      self.aux_conv = conv(w(256), 3, use_bias=True, dtype=self.dtype)
+      self.aux_bn = bn("aux_bn")
+      self.aux_final = conv(self.num_classes, 1, use_bias=True, dtype=self.dtype)
 
   def encode(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     """Image (N, H, W, 3) -> classifier input u (N, H/4, W/4, 304)."""
     return self.head(*self.backbone(x, train), train)
+
+  def encode_with_aux(self, x: jnp.ndarray, train: bool):
+    """Image -> (u, float32 logits of the auxiliary head on backbone stage 3)."""
+    if not self.aux_head:
+      raise ValueError("encode_with_aux needs a model built with aux_head=True.")
+    low, layer3, high = self.backbone(x, train, with_layer3=True)
+    aux = nn.relu(self.aux_bn(self.aux_conv(layer3), train))
+    aux = self.dropout(aux, deterministic=not train)
+    return self.head(low, high, train), self.aux_final(aux).astype(jnp.float32)
+
+  def project(self, v: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """Pixel features v -> projections (N, h, w, projection_dim), float32."""
+    if not self.projection_dim:
+      raise ValueError("project needs a model built with projection_dim > 0.")
+    r = nn.relu(self.projection_bn(self.projection_conv1(v.astype(self.dtype)), train))
+    return self.projection_conv2(r).astype(jnp.float32)
 
   def head(self, low: jnp.ndarray, high: jnp.ndarray, train: bool) -> jnp.ndarray:
     """Backbone outputs (stride 4 and stride 16) -> classifier input u: ASPP, its
@@ -114,11 +161,14 @@ class DeepLabV3Plus(nn.Module):
 
     `perturbed` selects the auxiliary BatchNorm parameters and statistics.
     """
+    if perturbed and not self.mixed_bn:
+      raise ValueError("perturbed=True needs the auxiliary BatchNorms (mixed_bn=True).")
     v = u.astype(self.dtype)
     for conv_layer, bn_layer in ((self.classifier_conv1, self.classifier_bn1),
                                  (self.classifier_conv2, self.classifier_bn2)):
-      v = nn.relu(bn_layer(conv_layer(v), train, perturbed))
-      v = self.dropout(v, deterministic=not train)
+      v = bn_layer(conv_layer(v), train, perturbed) if self.mixed_bn else bn_layer(
+          conv_layer(v), train)
+      v = self.dropout(nn.relu(v), deterministic=not train)
     return v
 
   def classify(self, v: jnp.ndarray) -> jnp.ndarray:
@@ -127,4 +177,11 @@ class DeepLabV3Plus(nn.Module):
 
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """Image -> float32 logits at stride 4 (129 x 129 for a 513 x 513 input)."""
-    return self.classify(self.features(self.encode(x, train), train))
+    if self.is_initializing() and self.aux_head:   # create the extra heads' parameters
+      u = self.encode_with_aux(x, train)[0]
+    else:
+      u = self.encode(x, train)
+    v = self.features(u, train)
+    if self.is_initializing() and self.projection_dim:
+      self.project(v, train)
+    return self.classify(v)

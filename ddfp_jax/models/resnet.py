@@ -6,6 +6,11 @@ or 16 replaces the stride of the last one or two stages with dilation, exactly a
 torchvision's `replace_stride_with_dilation` does: the first block of a dilated stage keeps
 the previous dilation, the following blocks use the new one.
 
+Multi-grid (`multi_grid`, DGCL's backbone): the last stage's blocks multiply their
+dilation by the grid, block i by grid[i]; as in the U2PL-family releases, the first block
+multiplies the previous dilation (its stride's), the others the stage's. At output
+stride 16 with grid (2, 2, 4) the last stage's dilations are (2, 4, 8); at 8, (4, 8, 16).
+
 Module names follow the PyTorch state-dict layout (`layer3_5/conv2`, `downsample_bn`, ...)
 so that weight import is a mechanical rename.
 """
@@ -93,6 +98,7 @@ class ResNet(nn.Module):
       torchvision's 7x7 stem.
     width: multiplier on every channel count (1.0 is the real model).
     output_stride: 8, 16 or 32.
+    multi_grid: () for none, else one factor per block of the last stage.
     axis_name: device axis over which BatchNorm statistics are synchronised in training.
     dtype: compute dtype; parameters stay float32.
   """
@@ -100,17 +106,23 @@ class ResNet(nn.Module):
   deep_stem: bool = True
   width: float = 1.0
   output_stride: int = 16
+  multi_grid: Tuple[int, ...] = ()
   axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  def __call__(self, x: jnp.ndarray, train: bool, with_layer3: bool = False):
+    """(stage-1 features, last-stage features); with `with_layer3`, (stage-1, stage-3,
+    last-stage) features (stage 3 feeds an auxiliary head)."""
     if self.depth not in RESNET_LAYOUTS:
       raise ValueError(f"ResNet depth must be one of {sorted(RESNET_LAYOUTS)}, got {self.depth}.")
     if self.output_stride not in DILATE_STAGES:
       raise ValueError(f"output_stride must be one of {sorted(DILATE_STAGES)}, "
                        f"got {self.output_stride}.")
     bottleneck, layout = RESNET_LAYOUTS[self.depth]
+    if self.multi_grid and len(self.multi_grid) != layout[3]:
+      raise ValueError(f"multi_grid needs one factor per block of the last stage "
+                       f"({layout[3]} for ResNet-{self.depth}), got {tuple(self.multi_grid)}.")
     block_cls = Bottleneck if bottleneck else BasicBlock
     bn = lambda name, y: BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name=name)(y, train)
     w = lambda c: scaled(c, self.width)
@@ -129,7 +141,7 @@ class ResNet(nn.Module):
 
     dilate = (False,) + DILATE_STAGES[self.output_stride]
     dilation = 1
-    low_level = None
+    low_level = layer3 = None
     for stage, (num_blocks, planes) in enumerate(zip(layout, (64, 128, 256, 512))):
       stride = 1 if stage == 0 else 2
       previous_dilation = dilation
@@ -137,11 +149,12 @@ class ResNet(nn.Module):
         dilation *= stride
         stride = 1
       planes = w(planes)
+      grid = tuple(self.multi_grid) if stage == 3 and self.multi_grid else (1,) * num_blocks
       for i in range(num_blocks):
         x = block_cls(
             planes=planes,
             stride=stride if i == 0 else 1,
-            dilation=previous_dilation if i == 0 else dilation,
+            dilation=(previous_dilation if i == 0 else dilation) * grid[i],
             downsample=(i == 0 and (stride != 1 or in_planes != planes * block_cls.expansion)),
             axis_name=self.axis_name,
             dtype=self.dtype,
@@ -150,5 +163,7 @@ class ResNet(nn.Module):
         in_planes = planes * block_cls.expansion
       if stage == 0:
         low_level = x
-    return low_level, x
+      if stage == 2:
+        layer3 = x
+    return (low_level, layer3, x) if with_layer3 else (low_level, x)
 

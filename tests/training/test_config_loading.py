@@ -25,4 +25,9 @@ def test_the_fingerprint_is_of_the_values_not_of_how_they_were_written():
   without = loading.load("configs/demo.py")
   with without.unlocked():
     del without.train["num_images"]
+    # Keys added later, at the value that keeps the older behaviour, hash as absent.
+    del without.model["multi_grid"]
+    del without.model["projection_dim"]
   assert loading.fingerprint(without) == base
+  assert loading.fingerprint(loading.load(
+      "configs/demo.py", ["--config.model.multi_grid=(1,2)"])) != base
