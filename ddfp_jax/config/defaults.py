@@ -122,6 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
   semi.cutmix_prob = 0.5
   semi.ema_decay = 0.999
   semi.teacher = "ema"                # "ema" (paper) | "shared" (release: teacher = student)
+                                      # | "shared_first_epoch" (DGCL: student, then EMA)
   semi.teacher_train_mode = False     # release: True (dropout on, batch statistics)
 
   # Each method's own block, config.<method name> (ddfp_jax/methods/, one module each).

@@ -41,7 +41,10 @@ from ddfp_jax.training.state import TrainState
 
 AXIS = "batch"
 Batch = Dict[str, jnp.ndarray]
-TEACHERS = ("ema", "shared")
+# "ema": an EMA from the first semi-supervised step (paper); "shared": the teacher is the
+# student throughout (DDFP's release); "shared_first_epoch": the student during the
+# first semi-supervised epoch, a true EMA after (DGCL's release).
+TEACHERS = ("ema", "shared", "shared_first_epoch")
 
 
 def phase_at(config: ml_collections.ConfigDict, step: int) -> Hashable:
@@ -51,12 +54,17 @@ def phase_at(config: ml_collections.ConfigDict, step: int) -> Hashable:
 
 def ema_decay(config: ml_collections.ConfigDict, step: jnp.ndarray) -> jnp.ndarray:
   """d = min(1 - 1/(t - t0 + 1), m): 0 at the first semi-supervised step t0 (the teacher
-  becomes the student), then towards m. 0 throughout for the release's shared teacher."""
+  becomes the student), then towards m. 0 throughout for the release's shared teacher;
+  0 during the first semi-supervised epoch and the same formula after it for
+  "shared_first_epoch" (so d = 1 - 1/(L + 1) at its first EMA step, L steps per epoch)."""
   if config.semi.teacher == "shared":
     return jnp.zeros((), jnp.float32)
   t0 = config.schedule.sup_only_epochs * config.steps_per_epoch
   since = jnp.maximum(step - t0 + 1, 1).astype(jnp.float32)
-  return jnp.minimum(1.0 - 1.0 / since, config.semi.ema_decay)
+  decay = jnp.minimum(1.0 - 1.0 / since, config.semi.ema_decay)
+  if config.semi.teacher == "shared_first_epoch":
+    decay = jnp.where(step < t0 + config.steps_per_epoch, 0.0, decay)
+  return decay
 
 
 def make_tools(config: ml_collections.ConfigDict, axis_name: str = AXIS) -> Tools:
@@ -117,7 +125,7 @@ def make_teacher(tools: Tools, with_features):
 def make_train_step(config: ml_collections.ConfigDict):
   """Builds the per-device step for `config` (see the module docstring)."""
   if config.semi.teacher not in TEACHERS:
-    raise ValueError(f"semi.teacher must be 'ema' or 'shared', got {config.semi.teacher!r}.")
+    raise ValueError(f"semi.teacher must be one of {TEACHERS}, got {config.semi.teacher!r}.")
   method = get_method(config.method)
   tools = make_tools(config)
   student_lr = optim.student_schedule(config)  # the backbone's
