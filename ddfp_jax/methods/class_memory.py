@@ -40,9 +40,11 @@ def is_full(memory: Dict[str, Array]) -> Array:
 
 
 def update(memory: Dict[str, Array], fts: Array, rep: Array, labels: Array, key: Array,
-           per_class: int = 1000, ks: Sequence[int] = (8, 16, 32)) -> Dict[str, Array]:
+           per_class: int = 1000, ks: Sequence[int] = (8, 16, 32),
+           classes_per_pass: int = 1) -> Dict[str, Array]:
   """The memory after inserting the pixels (fts (..., C), rep (..., D), labels (...)) of
-  one step (module docstring). Labels outside [0, K) (the ignore label) are skipped."""
+  one step (module docstring). Labels outside [0, K) (the ignore label) are skipped.
+  `classes_per_pass` classes are computed at once (lax.map's batch_size)."""
   fts = fts.reshape(-1, fts.shape[-1])
   rep = rep.reshape(-1, rep.shape[-1])
   labels = labels.reshape(-1)
@@ -74,5 +76,6 @@ def update(memory: Dict[str, Array], fts: Array, rep: Array, labels: Array, key:
 
   out = jax.lax.map(one, (jnp.arange(num_classes), memory["fts"], memory["rep"],
                           memory["density"], memory["count"], memory["next"],
-                          jax.random.split(key, num_classes)))
+                          jax.random.split(key, num_classes)),
+                     batch_size=min(classes_per_pass, num_classes))
   return dict(zip(("fts", "rep", "density", "count", "next"), out))

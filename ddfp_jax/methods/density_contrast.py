@@ -100,6 +100,9 @@ class ContrastConfig(NamedTuple):
   max_pixels: int = 10_000
   exclude_class_0: bool = True
   ignore_label: int = 255
+  # Classes computed at once (lax.map's batch_size): 1 keeps one class's similarity
+  # matrix alive at a time; more trade memory for fewer sequential passes.
+  classes_per_pass: int = 1
 
 
 def class_loss(c, rep: Array, fts: Array, labels: Array, memory_fts: Array,
@@ -162,8 +165,8 @@ def contrastive_loss(rep: Array, fts: Array, labels: Array, memory, key: Array,
 
   rep, fts: (..., C) with labels (...) over the same pixels; `memory` a
   `class_memory` state ({"fts", "rep", "density": (K, S, ...), "count": (K,)}). The
-  classes run one after another (`lax.map`), so the memory similarity of one class is
-  alive at a time.
+  classes run `config.classes_per_pass` at a time (`lax.map`), so by default the memory
+  similarity of one class is alive at a time.
   """
   rep = rep.reshape(-1, rep.shape[-1])
   fts = fts.reshape(-1, fts.shape[-1])
@@ -177,6 +180,7 @@ def contrastive_loss(rep: Array, fts: Array, labels: Array, memory, key: Array,
 
   losses, used = jax.lax.map(one, (jnp.arange(num_classes), memory["fts"], memory["rep"],
                                    memory["density"], filled,
-                                   jax.random.split(key, num_classes)))
+                                   jax.random.split(key, num_classes)),
+                             batch_size=min(config.classes_per_pass, num_classes))
   n_used = jnp.sum(used)
   return jnp.sum(losses) / jnp.maximum(n_used, 1), n_used

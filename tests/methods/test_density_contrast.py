@@ -176,3 +176,13 @@ def test_memory_is_a_fifo_of_the_newest_entries_with_insertion_densities():
   assert not bool(class_memory.is_full(memory))
   full = dict(memory, count=jnp.full((k,), size))
   assert bool(class_memory.is_full(full))
+
+
+def test_classes_at_once_give_the_same_loss_as_one_at_a_time():
+  rep, fts, labels, memory = _contrast_case()
+  jmemory = {key: jnp.asarray(v) for key, v in memory.items()}
+  losses = [contrastive_loss(jnp.asarray(rep), jnp.asarray(fts), jnp.asarray(labels),
+                             jmemory, jax.random.key(5),
+                             ContrastConfig(ks=KS, num_positives=3, classes_per_pass=n))[0]
+            for n in (1, 4)]
+  assert float(losses[0]) == pytest.approx(float(losses[1]), rel=1e-6)
