@@ -1,5 +1,6 @@
 """DGCL's pieces (Wang et al., CVPR 2023): k-NN feature density, entropy-quantile
-pseudo-label filtering and the density-guided contrastive loss.
+pseudo-label filtering (`pseudo_labels`: the self-training and the contrastive labels
+with their two schedules) and the density-guided contrastive loss.
 
 Written with static shapes, so that a step compiles once whatever the labels hold: a
 "random subset of up to n members" is a masked random top-k (uniform keys, non-members
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from ddfp_jax.methods.perturbations import l2_normalize
+from ddfp_jax.models.resize import resize_bilinear, resize_nearest
 
 Array = jax.Array
 
@@ -184,3 +186,52 @@ def contrastive_loss(rep: Array, fts: Array, labels: Array, memory, key: Array,
                              batch_size=min(config.classes_per_pass, num_classes))
   n_used = jnp.sum(used)
   return jnp.sum(losses) / jnp.maximum(n_used, 1), n_used
+
+
+# --- DGCL's two pseudo-label sets -----------------------------------------------------
+
+
+def drop_percents(progress) -> Tuple[Array, Array]:
+  """(r_u, a_t): the percent of the least certain valid pixels dropped from the
+  self-training labels, 20 (1 - p), and from the contrastive labels, max(80 (1 - p), 10),
+  at semi-supervised progress p = (epoch - E0) / (E - E0) in [0, 1]."""
+  p = jnp.asarray(progress, jnp.float32)
+  return 20.0 * (1.0 - p), jnp.maximum(80.0 * (1.0 - p), 10.0)
+
+
+class PseudoLabels(NamedTuple):
+  self_training: Array   # (B, H, W) int32 at the crop: argmax, ignore where dropped/padded
+  contrast: Array        # (2B, h, w) int32 at the feature grid: [labeled; unlabeled]
+
+
+def pseudo_labels(logits_u: Array, labeled_label: Array, unlabeled_ignore: Array,
+                  progress, ignore_label: int = 255, axis_name=None) -> PseudoLabels:
+  """DGCL's labels from the teacher's logits of the weak unlabeled view (B, h, w, K).
+
+  Self-training (full resolution): the logits upsampled bilinearly to the crop,
+  softmax, argmax; the r_u % least certain valid (non-padded) pixels and the padding set
+  to ignore. Contrastive (feature grid): the labeled labels resized nearest, and for the
+  unlabeled images the argmax of the softmax at the grid, the a_t % least certain valid
+  pixels and the (nearest-resized) padding set to ignore. With `axis_name` each quantile
+  is taken over the global batch (entropies gathered over devices), else per device (the
+  release).
+  """
+  r_u, a_t = drop_percents(progress)
+  size, grid = unlabeled_ignore.shape[1:3], logits_u.shape[1:3]
+
+  def filtered(probs, valid, drop):
+    pool = mask = None
+    if axis_name is not None:
+      pool = jax.lax.all_gather(entropy(probs), axis_name)
+      mask = jax.lax.all_gather(valid, axis_name)
+    keep = entropy_filter(probs, valid, drop, pool, mask)
+    return jnp.where(keep, jnp.argmax(probs, -1).astype(jnp.int32), ignore_label)
+
+  full = jax.nn.softmax(resize_bilinear(logits_u.astype(jnp.float32), size), axis=-1)
+  self_training = filtered(full, unlabeled_ignore != ignore_label, r_u)
+  at_grid = jax.nn.softmax(logits_u.astype(jnp.float32), axis=-1)
+  valid_grid = resize_nearest(unlabeled_ignore, grid) != ignore_label
+  unlabeled = filtered(at_grid, valid_grid, a_t)
+  labeled = resize_nearest(labeled_label.astype(jnp.int32), grid)
+  return PseudoLabels(jax.lax.stop_gradient(self_training),
+                      jnp.concatenate([labeled, jax.lax.stop_gradient(unlabeled)]))

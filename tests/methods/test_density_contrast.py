@@ -186,3 +186,58 @@ def test_classes_at_once_give_the_same_loss_as_one_at_a_time():
                              ContrastConfig(ks=KS, num_positives=3, classes_per_pass=n))[0]
             for n in (1, 4)]
   assert float(losses[0]) == pytest.approx(float(losses[1]), rel=1e-6)
+
+
+def test_drop_schedules_are_the_releases():
+  from ddfp_jax.methods.density_contrast import drop_percents
+  for p, r_u, a_t in ((0.0, 20.0, 80.0), (0.5, 10.0, 40.0), (7 / 8, 2.5, 10.0),
+                      (1.0, 0.0, 10.0)):
+    got = drop_percents(p)
+    assert float(got[0]) == pytest.approx(r_u) and float(got[1]) == pytest.approx(a_t)
+
+
+def _np_filtered(logits, valid, drop):
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  h = -np.sum(probs * np.log(probs + 1e-10), axis=-1)
+  threshold = np.percentile(h[valid], 100 - drop)
+  return np.where(valid & (h < threshold), probs.argmax(-1), 255)
+
+
+def test_pseudo_labels_filter_by_entropy_and_mark_padding():
+  """Logits at the crop's own size (no resizing), so the reference is the spec's filter
+  alone: softmax, entropy, np.percentile over the valid pixels, padding ignored."""
+  from ddfp_jax.methods.density_contrast import pseudo_labels
+  rs = np.random.RandomState(6)
+  logits = (rs.randn(2, 8, 8, 5) * 2).astype(np.float32)
+  ignore = np.zeros((2, 8, 8), np.int32)
+  ignore[:, :, 6:] = 255                      # padded columns
+  labeled = rs.randint(0, 5, (2, 8, 8))
+  out = pseudo_labels(jnp.asarray(logits), jnp.asarray(labeled), jnp.asarray(ignore), 0.25)
+  valid = ignore != 255
+  np.testing.assert_array_equal(np.asarray(out.self_training),
+                                _np_filtered(logits, valid, 20 * 0.75))
+  np.testing.assert_array_equal(np.asarray(out.contrast[:2]), labeled)
+  np.testing.assert_array_equal(np.asarray(out.contrast[2:]),
+                                _np_filtered(logits, valid, 80 * 0.75))
+  # At the crop's size the self-training labels are upsampled, the contrast ones not.
+  big = pseudo_labels(jnp.asarray(logits), jnp.asarray(np.zeros((2, 29, 29), np.int32)),
+                      jnp.asarray(np.zeros((2, 29, 29), np.int32)), 0.0)
+  assert big.self_training.shape == (2, 29, 29) and big.contrast.shape == (4, 8, 8)
+
+
+def test_global_quantile_does_not_depend_on_the_device_split():
+  from ddfp_jax.methods.density_contrast import pseudo_labels
+  rs = np.random.RandomState(7)
+  logits = (rs.randn(4, 6, 6, 3) * 2).astype(np.float32)
+  ignore = np.where(rs.rand(4, 6, 6) < 0.2, 255, 0).astype(np.int32)
+  labeled = rs.randint(0, 3, (4, 6, 6))
+  whole = pseudo_labels(jnp.asarray(logits), jnp.asarray(labeled), jnp.asarray(ignore), 0.5)
+  split = lambda a: a.reshape((2, 2) + a.shape[1:])
+  parts = jax.pmap(lambda l, y, m: pseudo_labels(l, y, m, 0.5, axis_name="d"),
+                   axis_name="d", devices=jax.local_devices()[:2])(
+                       split(logits), split(labeled), split(ignore))
+  np.testing.assert_array_equal(np.asarray(parts.self_training).reshape(4, 6, 6),
+                                np.asarray(whole.self_training))
+  unlabeled = np.asarray(parts.contrast)[:, 2:].reshape(4, 6, 6)
+  np.testing.assert_array_equal(unlabeled, np.asarray(whole.contrast[4:]))
