@@ -27,6 +27,15 @@ semi-supervised run (docs/demo.md):
     schedule (1000 of the 49200 steps of VOC 732 in the release's log; 50 of 2500 here).
   - the flow's MLP is 64 wide (the features' width), and it trains on every pixel of a
     step's batch (4096 at this crop; the paper samples 20480 of far more).
+
+DGCL (configs/demo.py:dgcl) takes its recipe from its release (configs/dgcl/tables.py):
+plain BatchNorms, a projection head as wide as the features (64; the release's 256 =
+its feature width), the teacher shared during the first semi-supervised epoch and an EMA
+after, in train mode, CutMix as the only strong augmentation. Scaled: the class memory
+holds 1000 entries per class and takes up to 100 per class and step (the release's 10 000
+and 1000: ten steps of inserts either way; a step here has 4096 pixels, the release's
+133 000 per GPU), and the density is scored for up to 1000 of a class's pixels (the
+release's 10 000 of 133 000; it is the step's heaviest part); multi-grid stays off (ResNet-18's last stage has 2 blocks, the grid 3).
 """
 from configs import base
 
@@ -71,7 +80,23 @@ def get_config(method: str = "ddfp"):
   config.train.log_every = 125
   config.train.eval_every = 500
   config.train.checkpoint_every = 500
+  if method == "dgcl":
+    dgcl_recipe(config)
   config.train.final_note = (
       "The methods compared on this setting: results/demo_table4.md (README, 'Demo results'); "
       "rerun with python -m ddfp_jax.tools.compare (docs/compare.md).")
   return config
+
+
+def dgcl_recipe(config):
+  """DGCL's settings on the demo (docstring)."""
+  config.model.mixed_bn = False
+  config.model.projection_dim = 64
+  config.semi.teacher = "shared_first_epoch"
+  config.semi.teacher_train_mode = True
+  config.data.color_jitter_prob = 0.0
+  config.data.grayscale_prob = 0.0
+  config.data.blur_prob = 0.0
+  config.dgcl.memory_size = 1000
+  config.dgcl.memory_per_class = 100
+  config.dgcl.max_pixels = 1000

@@ -23,10 +23,21 @@ SPLIT_INVARIANT = {
 }
 
 
+# What a method needs of the tiny setting beyond its defaults: DGCL's projection head,
+# and a class memory that fills in one step (every class's ~50 pixels of a step), so
+# the contrastive loss runs in the second step of its last phase.
+METHOD_SETTINGS = {
+    "dgcl": {"model.projection_dim": 8, "dgcl.memory_size": 40,
+             "dgcl.memory_per_class": 40, "dgcl.num_anchors": 16, "dgcl.num_positives": 8,
+             "dgcl.num_negatives": 32},
+}
+
+
 def contract_config(name):
   return tiny_config(method=name, **SPLIT_INVARIANT, **{
       "semi.ema_decay": 0.9, "total_steps": 100, "optim.lr_scaling": "none",
-      "data.labeled_per_device": 2, "data.unlabeled_per_device": 2})
+      "data.labeled_per_device": 2, "data.unlabeled_per_device": 2},
+                     **METHOD_SETTINGS.get(name, {}))
 
 
 class ContractRun:

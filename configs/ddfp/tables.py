@@ -29,7 +29,7 @@ perturbation site (ddfp_jax/config/presets.py), for comparison with its numbers.
 """
 import ml_collections
 
-from configs import base
+from configs import base, datasets
 
 
 def _common(num_labeled: int) -> ml_collections.ConfigDict:
@@ -64,15 +64,8 @@ def cityscapes(num_labeled: int) -> ml_collections.ConfigDict:
   """Cityscapes, labeled from the 2975 fine training images; 19 classes."""
   config = _common(num_labeled)
   config.epochs = 200
-  config.data.name = "cityscapes"
-  config.data.num_classes = 19
-  config.data.crop_size = 769
-  config.data.eval_protocol = "sliding_window"
-  config.data.eval_window = 769         # the paper's crop; the release evaluates with 801
-  config.data.eval_stride_ratio = 2 / 3
-  config.data.eval_per_device = 1       # full 1024x2048 images
-  config.optim.learning_rate = 0.01
-  config.optim.decoder_lr_mult = 1.0
+  # The paper's crop as the window; the release evaluates with 801.
+  datasets.cityscapes(config, eval_window=769)
   config.semi.threshold = 0.7
   return config
 
@@ -82,13 +75,7 @@ def pascal(num_labeled: int) -> ml_collections.ConfigDict:
   10582-image set; 21 classes."""
   config = _common(num_labeled)
   config.epochs = 80
-  config.data.name = "pascal"
-  config.data.num_classes = 21
-  config.data.crop_size = 513
-  config.data.eval_protocol = "center_crop"
-  config.data.eval_crop = 513
-  config.optim.learning_rate = 0.001
-  config.optim.decoder_lr_mult = 10.0
+  datasets.pascal(config)
   config.semi.threshold = 0.95
   return config
 

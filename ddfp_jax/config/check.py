@@ -21,6 +21,7 @@ from ddfp_jax.data import protocols
 from ddfp_jax.data import real_datasets
 from ddfp_jax.data import sources
 from ddfp_jax.methods import METHODS
+from ddfp_jax.methods import dgcl
 from ddfp_jax.methods import feature_perturbation
 from ddfp_jax.models import builders
 from ddfp_jax.models import layers
@@ -89,6 +90,8 @@ def choices() -> Dict[str, Tuple]:
       "semi.teacher": train_step.TEACHERS,
       "optim.lr_scaling": optim.LR_SCALING_RULES,
       "optim.name": optim.OPTIMIZERS,
+      "dgcl.scope": dgcl.SCOPES,
+      "dgcl.sup_loss": dgcl.SUP_LOSSES,
   }
 
 
@@ -99,7 +102,8 @@ _in_unit = lambda x: 0.0 <= x <= 1.0
 _RANGES: List[_Rule] = [
     (("semi.threshold", "semi.cutmix_prob", "semi.ema_decay", "data.flip_prob",
       "data.color_jitter_prob", "data.grayscale_prob", "data.blur_prob",
-      "ddfp.flow.final_lr_ratio"), _in_unit, "in [0, 1]"),
+      "ddfp.flow.final_lr_ratio", "dgcl.contrast_grad_scale", "dgcl.ohem_thresh"),
+     _in_unit, "in [0, 1]"),
     (("model.dropout_rate", "channel_dropout.rate", "optim.momentum"),
      lambda x: 0.0 <= x < 1.0, "in [0, 1)"),
     (("data.eval_stride_ratio",), lambda x: 0.0 < x <= 1.0, "in (0, 1]"),
@@ -110,14 +114,17 @@ _RANGES: List[_Rule] = [
       "optim.learning_rate", "optim.reference_batch", "optim.decoder_lr_mult",
       "model.width", "train.log_every", "train.eval_every", "train.checkpoint_every",
       "train.keep_checkpoints", "ddfp.flow.num_blocks", "ddfp.flow.hidden",
-      "ddfp.flow.num_samples", "ddfp.flow.learning_rate", "ddfp.flow.clamp"),
+      "ddfp.flow.num_samples", "ddfp.flow.learning_rate", "ddfp.flow.clamp",
+      "dgcl.temperature", "dgcl.num_anchors", "dgcl.num_positives", "dgcl.num_negatives",
+      "dgcl.max_pixels", "dgcl.memory_size", "dgcl.memory_per_class",
+      "dgcl.classes_per_pass", "dgcl.ohem_min_kept"),
      lambda x: x > 0, "positive"),
     (("semi.lambda_image", "semi.lambda_feature", "ddfp.eps", "random.eps", "vat.eps",
       "vat.xi", "cct_noise.uniform_range", "ddfp.flow.noise_std", "ddfp.flow.grad_clip",
       "optim.weight_decay", "optim.poly_power", "data.brightness", "data.contrast",
       "data.saturation", "data.prefetch", "data.eval_window_batch", "data.num_labeled",
       "train.steps_this_run", "train.num_images", "model.projection_dim",
-      "schedule.sup_only_epochs",
+      "schedule.sup_only_epochs", "dgcl.lambda_contrast", "dgcl.aux_weight",
       "schedule.flow_start_epoch"),
      lambda x: x >= 0, "0 or more"),
     (("data.num_classes",), lambda x: x >= 2, "at least 2"),

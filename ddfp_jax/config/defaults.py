@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.preset = "custom"            # "custom" | "paper" | "release"
 
   # The method trained: a key of ddfp_jax.methods.METHODS (supervised, fixmatch, random,
-  # cct_noise, channel_dropout, vat, ddfp). A config file can take it after a colon:
+  # cct_noise, channel_dropout, vat, ddfp, dgcl). A config file can take it after a colon:
   # --config configs/demo.py:fixmatch.
   config.method = "ddfp"
 

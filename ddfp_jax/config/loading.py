@@ -33,8 +33,16 @@ NOT_FINGERPRINTED = ("train.num_images",)
 # Keys added after runs were fingerprinted, with the value that gives the behaviour from
 # before they existed: left out while they hold it, so earlier runs keep their
 # fingerprint (and stay reusable), and any other value still makes another run.
+# Method blocks added later count as one key, their default block.
 ADDED_WITH_DEFAULT = {"model.multi_grid": (), "model.mixed_bn": True,
                       "model.projection_dim": 0, "model.aux_head": False}
+ADDED_BLOCKS = ("dgcl",)
+
+
+def _added_with_default():
+  from ddfp_jax.methods import METHODS  # pylint: disable=import-outside-toplevel
+  blocks = {name: METHODS[name].config_block().to_dict() for name in ADDED_BLOCKS}
+  return {**ADDED_WITH_DEFAULT, **blocks}
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> str:
@@ -43,7 +51,7 @@ def fingerprint(config: ml_collections.ConfigDict) -> str:
   included) are the same run."""
   values = config.to_dict()
   dropped = {key: None for key in NOT_FINGERPRINTED}
-  dropped.update(ADDED_WITH_DEFAULT)
+  dropped.update(_added_with_default())
   for key, default in dropped.items():
     *parents, leaf = key.split(".")
     node = values

@@ -4,7 +4,7 @@ Each is a `ddfp_jax.methods.interface.Method`; a method added here gets the shar
 step, the trainer, checkpoints, evaluation and the method contract test
 (tests/methods/test_method_contract.py) by being in this dict.
 """
-from ddfp_jax.methods import ddfp, feature_perturbation, fixmatch, supervised
+from ddfp_jax.methods import ddfp, dgcl, feature_perturbation, fixmatch, supervised
 
 METHODS = {
     "supervised": supervised.METHOD,
@@ -14,6 +14,7 @@ METHODS = {
     "channel_dropout": feature_perturbation.CHANNEL_DROPOUT,
     "vat": feature_perturbation.VAT,
     "ddfp": ddfp.METHOD,
+    "dgcl": dgcl.METHOD,
 }
 
 

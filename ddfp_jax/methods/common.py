@@ -1,4 +1,5 @@
 """Pieces every method's loss and schedule share."""
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -12,6 +13,14 @@ def epoch_of(config: ml_collections.ConfigDict, step: int) -> int:
 def semi_started(config: ml_collections.ConfigDict, step: int) -> bool:
   """True once the supervised warm-up (`schedule.sup_only_epochs`) is over."""
   return epoch_of(config, step) >= config.schedule.sup_only_epochs
+
+
+def shared_key(state, salt: int) -> jax.Array:
+  """A key of this step that is the same on every device (the step's own keys differ per
+  device): for choices every device must make alike, e.g. over gathered pixels."""
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+  # Past any device index, so never one of the step's per-device keys.
+  return jax.random.fold_in(key, 0x7FFF0000 + salt)
 
 
 def supervised_loss(tools: Tools, params, inputs: StepInputs, rng):

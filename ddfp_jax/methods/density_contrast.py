@@ -46,7 +46,10 @@ def knn_density(features: Array, memory: Array, filled: Array,
   m = l2_normalize(memory.astype(jnp.float32), axis=-1)
   similarity = jnp.where(filled[None, :], f @ m.T, -jnp.inf)
   top = jax.lax.top_k(similarity, max(ks))[0]          # descending
-  return sum(jnp.mean(top[:, :k], axis=-1) for k in ks) / len(ks)
+  # The mean over ks of the top-k means as one weighted sum: slicing top_k's output k
+  # ways makes XLA's CPU backend sort every row in full (10x slower).
+  weights = sum((jnp.arange(max(ks)) < k) / k for k in ks) / len(ks)
+  return top @ weights
 
 
 def masked_quantile(values: Array, mask: Array, q) -> Array:

@@ -38,6 +38,8 @@ class Teacher(NamedTuple):
   confidence: Array            # (N, H, W) max softmax probability
   features: Optional[Array]    # pixel features v of [labeled, unlabeled], when asked for
   batch_stats: PyTree          # the teacher's BN statistics after its forward pass
+  extra: Optional[PyTree] = None   # anything else a method's own teacher makes (DGCL's
+                                   # contrastive labels)
 
 
 class Targets(NamedTuple):
@@ -66,9 +68,14 @@ class StepInputs(NamedTuple):
   phase: Hashable
   teacher: Optional[Teacher]   # None in warm-up phases
   targets: Optional[Targets]   # None in warm-up phases
+  # What the loss returned as its outputs (detached), for the extra update; else None.
+  outputs: Optional[PyTree] = None
 
 
-# loss(params, inputs, rng) -> (loss, (batch_stats, {name: scalar}))
+# loss(params, inputs, rng) -> (loss, (batch_stats, {name: scalar})), or
+# (loss, (batch_stats, {name: scalar}, outputs)) where outputs is a pytree of this
+# step's detached values the method's extra update reads (`StepInputs.outputs`), so it
+# need not run the network again (DGCL's memory takes the student's features).
 LossFn = Callable[[PyTree, StepInputs, Array], Tuple[Array, Tuple[PyTree, Dict[str, Array]]]]
 # update(extra, inputs, rng) -> (extra, {name: scalar}); every metric must be finite.
 ExtraUpdate = Callable[[PyTree, StepInputs, Array], Tuple[PyTree, Dict[str, Array]]]

@@ -14,6 +14,8 @@ stopped (the harness killed, a machine lost) is started again with the same comm
 resumes from its last checkpoint, so the same command continues a half-finished sweep.
 A run whose whole config (fingerprinted) equals a finished run's under the same WORKDIR,
 from any table, is not run again: its result is reused (`reused_from` names it).
+`--config_per_method` makes every run load CONFIG:METHOD, for a config file that sets a
+method's own recipe from the method it is given (configs/demo.py for dgcl).
 `--parallel N` runs N at once, each pinned to its share of this process's CPUs (on a GPU
 machine, give each run its own devices with --devices_per_run instead).
 
@@ -232,15 +234,20 @@ def _device_env(slot: int, devices_per_run: int) -> Dict[str, str]:
 
 def run_all(runs: Sequence[Run], config: str, root: str, common: Sequence[str],
             parallel: int, devices_per_run: int = 0, log=print,
-            on_finish: Optional[Callable[[], None]] = None) -> List[dict]:
+            on_finish: Optional[Callable[[], None]] = None,
+            config_per_method: bool = False) -> List[dict]:
   """Runs every unfinished run, `parallel` at a time; returns every finished result.
+
+  `config_per_method`: each run loads CONFIG:METHOD (a config file that takes the method
+  after the colon and sets that method's own recipe, as configs/demo.py does for dgcl).
 
   `on_finish` is called after each run that finished (the harness rewrites its report
   there, so a sweep that is stopped half-way leaves the table of what it finished)."""
   todo = [r for r in runs if not os.path.exists(os.path.join(root, r.name, RESULT))]
   # A run whose whole config equals a finished run's (another row, or another table in the
   # same WORKDIR, e.g. the eps sweep's default value and Table 4's row) is not run again.
-  prints = {r: fingerprint(config, r, common) for r in todo}
+  config_of = lambda r: f"{config}:{r.variant.method}" if config_per_method else config
+  prints = {r: fingerprint(config_of(r), r, common) for r in todo}
   finished = finished_by_fingerprint(os.path.dirname(os.path.normpath(root)))
   for run in list(todo):
     source = finished.get(prints[run])
@@ -258,7 +265,7 @@ def run_all(runs: Sequence[Run], config: str, root: str, common: Sequence[str],
       slot, run = free.pop(0), todo.pop(0)
       run_dir = os.path.join(root, run.name)
       os.makedirs(run_dir, exist_ok=True)
-      cmd = command(config, run_dir, run, common)
+      cmd = command(config_of(run), run_dir, run, common)
       log_file = open(os.path.join(run_dir, "main.log"), "a")
       env = dict(os.environ, **_device_env(slot, devices_per_run))
       cpus = cpu_sets[slot]
@@ -479,6 +486,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--name", required=True, help="results/NAME.{json,md,png}")
   parser.add_argument("--config", required=True, help="config file for every run")
   parser.add_argument("--methods", nargs="*", default=[], help="method names")
+  parser.add_argument("--config_per_method", action="store_true",
+                      help="each run loads CONFIG:METHOD (the config sets the method's "
+                      "own recipe, e.g. configs/demo.py for dgcl)")
   parser.add_argument("--variant", action="append", default=[],
                       help="LABEL=METHOD[,KEY=VALUE...]: a method with overrides")
   parser.add_argument("--sweep", default=None, help="KEY=V1,V2,...: every row at each value")
@@ -506,7 +516,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write = lambda: report(args.name, runs, [v.label for v in rows], root, args.out, meta)
     if not args.report_only:
       run_all(runs, args.config, root, args.overrides, args.parallel, args.devices_per_run,
-              on_finish=write)
+              on_finish=write, config_per_method=args.config_per_method)
     summary = write()
   except HarnessError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -225,7 +225,8 @@ def harness_runs(root: str) -> List[dict]:
     if os.path.exists(path):
       with open(path) as f:
         record = json.load(f)
-      record["run_dir"] = os.path.join(root, name)
+      # A run the harness reused from another table has its checkpoints there.
+      record["run_dir"] = record.get("reused_from") or os.path.join(root, name)
       runs.append(record)
   if not runs:
     raise DiagnoseError(f"no finished run (a result.json) under {root}.")

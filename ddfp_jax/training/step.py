@@ -162,7 +162,9 @@ def make_train_step(config: ml_collections.ConfigDict):
     inputs = StepInputs(state, batch, phase, seen, targets)
 
     grad_fn = jax.value_and_grad(method_loss, has_aux=True)
-    (loss, (batch_stats, parts)), grads = grad_fn(state.params, inputs, k_loss)
+    (loss, (batch_stats, parts, *outputs)), grads = grad_fn(state.params, inputs, k_loss)
+    if outputs:
+      inputs = inputs._replace(outputs=jax.lax.stop_gradient(outputs[0]))
     loss = jax.lax.psum(loss, AXIS)
     grads = jax.lax.psum(grads, AXIS)
     metrics.update({k: jax.lax.psum(v, AXIS) for k, v in parts.items()})

@@ -114,4 +114,13 @@ def test_a_real_harness_run_is_read_back_and_diagnosed(tmp_path):
   assert set(row["late_training_losses"]) >= {"loss", "loss_sup"}
   table = (out / "real_diagnosis.md").read_text()
   assert "| ddfp_s0 | 2 |" in table and "log p density-descending" in table and "CE: clean" in table
+  # A table whose run the harness reused from the first: its checkpoints are read there.
+  argv[1] = "again"
+  assert compare.main(argv) == 0
+  assert not (tmp_path / "runs" / "again" / "ddfp_s0" / "checkpoints").exists() or not any(
+      (tmp_path / "runs" / "again" / "ddfp_s0" / "checkpoints").iterdir())
+  assert diagnose.main(["--name", "again", "--runs", str(tmp_path / "runs" / "again"),
+                        "--out", str(out)]) == 0
+  (again,) = json.loads((out / "again_diagnosis.json").read_text())["runs"]
+  assert again["diagnosis"] == row["diagnosis"]
   assert diagnose.main(["--name", "x", "--runs", str(tmp_path / "nothing")]) == 2

@@ -133,6 +133,11 @@ def test_bad_input_stops_with_one_paragraph_and_changes_nothing(earlier_run, tmp
       ("dataset not prepared", train("--config.data.name=cityscapes",
                                      "--config.data.num_classes=19"), 1,
        ["needs the prepared TFDS files of cityscapes", "python -m ddfp_jax.data.prepare"]),
+      ("dgcl without its data", _main("--config", "configs/dgcl/pascal_732.py", "--workdir",
+                                      str(tmp_path / "dgcl")), 1,
+       ["needs the prepared TFDS files of pascal", "python -m ddfp_jax.data.prepare"]),
+      ("dgcl without a projection head", train("--config.method=dgcl"), 1,
+       ["method 'dgcl'", "set model.projection_dim > 0", "configs/demo.py:dgcl"]),
       ("eval without checkpoint", _main("--config", "configs/demo.py", "--workdir",
                                         str(tmp_path / "empty"), "--mode", "eval"), 1,
        ["No checkpoint to evaluate", "Train first"]),
@@ -148,6 +153,7 @@ def test_bad_input_stops_with_one_paragraph_and_changes_nothing(earlier_run, tmp
   assert _snapshot(workdir) == before
   assert a_file.read_text() == "an earlier result\n"
   assert not (tmp_path / "empty").exists() or not os.listdir(tmp_path / "empty")
+  assert not (tmp_path / "dgcl").exists() or not os.listdir(tmp_path / "dgcl")
 
 
 def _overwrite_largest_data_file(step_dir):
