@@ -5,6 +5,8 @@ The building blocks (density, selection, loss, ring buffer) are tested against
 references in test_density_contrast.py; the method contract (compile once, 1 vs 2
 devices, resume) in test_method_contract.py.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,16 +56,23 @@ def _nearest(labels, size):
   return labels[..., rows[:, None], cols[None, :]]
 
 
-@pytest.mark.parametrize("epoch", [1, 7])
-def test_teacher_labels_are_numpys_entropy_quantiles_over_the_global_batch(epoch):
+@functools.lru_cache(maxsize=None)
+def _teacher_on_two_devices():
+  """(config, tools, the pmapped teacher): compiled once for both epochs below."""
   config = _config(total_steps=20)    # 10 epochs of 2 steps, warm-up epoch 0
-  state = _state_at(config, epoch * config.steps_per_epoch)
-  batch = synthetic_batch(config, 2, seed=5)
   tools = make_tools(config)
   teacher = dgcl.make_pseudo_labels(tools)
-  seen = jax.pmap(lambda s, b: teacher(s, b, dgcl.Phase(True), jax.random.key(0)),
-                  axis_name=AXIS, in_axes=(None, 0))(replicate(state, jax.local_devices()[:2]),
-                                                      batch)
+  run = jax.pmap(lambda s, b: teacher(s, b, dgcl.Phase(True), jax.random.key(0)),
+                 axis_name=AXIS, in_axes=(None, 0))
+  return config, tools, run
+
+
+@pytest.mark.parametrize("epoch", [1, 7])
+def test_teacher_labels_are_numpys_entropy_quantiles_over_the_global_batch(epoch):
+  config, tools, run = _teacher_on_two_devices()
+  state = _state_at(config, epoch * config.steps_per_epoch)
+  batch = synthetic_batch(config, 2, seed=5)
+  seen = run(replicate(state, jax.local_devices()[:2]), batch)
   # Reference: the teacher's logits in inference mode (the tiny config's teacher rule),
   # entropies and np.percentile over every device's valid pixels together.
   variables = {"params": state.teacher_params, "batch_stats": state.teacher_batch_stats}
@@ -137,8 +146,9 @@ def test_memory_update_is_the_same_on_one_and_two_devices_and_counts_every_pixel
   assert not bool(class_memory.is_full(extra2["memory"]))
 
 
-def _loss_and_grads(config, state, batch):
-  """(loss, grads, metrics) of DGCL's semi-supervised loss on one device."""
+def _loss_and_grads(config):
+  """fn(state, batch) -> (loss, grads, metrics) of DGCL's semi-supervised loss on one
+  device (compiled once per config)."""
   tools = make_tools(config)
   teacher, loss_fn = dgcl.make_pseudo_labels(tools), dgcl.make_loss(tools)
   ignore = config.data.ignore_label
@@ -152,8 +162,7 @@ def _loss_and_grads(config, state, batch):
         s.params, inputs, key)
     return loss, grads, metrics
 
-  return jax.pmap(f, axis_name=AXIS, in_axes=(None, 0), devices=jax.local_devices()[:1])(
-      state, batch)
+  return jax.pmap(f, axis_name=AXIS, in_axes=(None, 0), devices=jax.local_devices()[:1])
 
 
 def test_release_gradient_scale_changes_the_gradient_not_the_value():
@@ -162,9 +171,9 @@ def test_release_gradient_scale_changes_the_gradient_not_the_value():
   batch = synthetic_batch(_config(), 1, seed=7)
   released = _config(**{"dgcl.contrast_grad_scale": 0.25})
   state = _state_at(released, 2, full_memory=True)
-  loss_a, grads_a, metrics_a = _loss_and_grads(released, state, batch)
+  loss_a, grads_a, metrics_a = _loss_and_grads(released)(state, batch)
   light = _config(**{"dgcl.lambda_contrast": 0.125})
-  loss_b, grads_b, metrics_b = _loss_and_grads(light, state, batch)
+  loss_b, grads_b, metrics_b = _loss_and_grads(light)(state, batch)
   contrast = float(metrics_a["loss_contrast"][0])
   assert contrast > 0 and float(metrics_a["contrast_classes"][0]) == 5   # class 0 included
   assert float(metrics_b["loss_contrast"][0]) == pytest.approx(contrast, rel=1e-6)
@@ -176,9 +185,10 @@ def test_release_gradient_scale_changes_the_gradient_not_the_value():
 def test_contrastive_loss_waits_for_a_full_memory():
   config = _config(**{"dgcl.exclude_class_0": True})
   batch = synthetic_batch(config, 1, seed=7)
-  _, _, empty = _loss_and_grads(config, _state_at(config, 2), batch)
+  run = _loss_and_grads(config)
+  _, _, empty = run(_state_at(config, 2), batch)
   assert float(empty["loss_contrast"][0]) == 0.0
   assert float(empty["contrast_classes"][0]) == 0.0
-  _, _, full = _loss_and_grads(config, _state_at(config, 2, full_memory=True), batch)
+  _, _, full = run(_state_at(config, 2, full_memory=True), batch)
   assert float(full["loss_contrast"][0]) > 0
   assert float(full["contrast_classes"][0]) == 4     # the release's rule: class 0 skipped
