@@ -38,6 +38,7 @@ and 1000: ten steps of inserts either way; a step here has 4096 pixels, the rele
 release's 10 000 of 133 000; it is the step's heaviest part); multi-grid stays off (ResNet-18's last stage has 2 blocks, the grid 3).
 """
 from configs import base
+from configs.dgcl import tables
 
 LABELED = 150
 UNLABELED = 1040 - LABELED
@@ -89,14 +90,8 @@ def get_config(method: str = "ddfp"):
 
 
 def dgcl_recipe(config):
-  """DGCL's settings on the demo (docstring)."""
-  config.model.mixed_bn = False
-  config.model.projection_dim = 64
-  config.semi.teacher = "shared_first_epoch"
-  config.semi.teacher_train_mode = True
-  config.data.color_jitter_prob = 0.0
-  config.data.grayscale_prob = 0.0
-  config.data.blur_prob = 0.0
+  """DGCL's settings on the demo (docstring): its recipe, the memory scaled."""
+  tables.recipe(config, projection_dim=64)   # as wide as the demo's features
   config.dgcl.memory_size = 1000
   config.dgcl.memory_per_class = 100
   config.dgcl.max_pixels = 1000

@@ -39,6 +39,19 @@ RELEASE_GPUS = {"pascal": 4, "cityscapes": 8}
 VARIANTS = ("paper", "release")
 
 
+def recipe(config: ml_collections.ConfigDict, projection_dim: int) -> None:
+  """What DGCL brings to any setting (these configs and configs/demo.py:dgcl): plain
+  BatchNorms, the projection head, the release's teacher rule in train mode, CutMix as
+  the only strong augmentation."""
+  config.model.mixed_bn = False
+  config.model.projection_dim = projection_dim
+  config.semi.teacher = "shared_first_epoch"
+  config.semi.teacher_train_mode = True
+  config.data.color_jitter_prob = 0.0
+  config.data.grayscale_prob = 0.0
+  config.data.blur_prob = 0.0
+
+
 def _common(num_labeled: int, variant: str) -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f"the DGCL configs take ':paper' or ':release' after the file name, "
@@ -50,17 +63,11 @@ def _common(num_labeled: int, variant: str) -> ml_collections.ConfigDict:
   config.data.num_labeled = num_labeled
   config.data.labeled_per_device = 4
   config.data.unlabeled_per_device = 4
-  config.data.color_jitter_prob = 0.0
-  config.data.grayscale_prob = 0.0
-  config.data.blur_prob = 0.0
+  recipe(config, projection_dim=256)
   config.model.depth = 101
   config.model.deep_stem = True
   config.model.width = 1.0
   config.model.multi_grid = (2, 2, 4)
-  config.model.mixed_bn = False
-  config.model.projection_dim = 256
-  config.semi.teacher = "shared_first_epoch"
-  config.semi.teacher_train_mode = True
   config.semi.ema_decay = 0.999
   config.semi.cutmix_prob = 0.5
   config.semi.lambda_image = 0.5

@@ -205,6 +205,7 @@ def drop_percents(progress) -> Tuple[Array, Array]:
 class PseudoLabels(NamedTuple):
   self_training: Array   # (B, H, W) int32 at the crop: argmax, ignore where dropped/padded
   contrast: Array        # (2B, h, w) int32 at the feature grid: [labeled; unlabeled]
+  confidence: Array      # (B, H, W) max softmax probability at the crop (unfiltered)
 
 
 def pseudo_labels(logits_u: Array, labeled_label: Array, unlabeled_ignore: Array,
@@ -237,4 +238,5 @@ def pseudo_labels(logits_u: Array, labeled_label: Array, unlabeled_ignore: Array
   unlabeled = filtered(at_grid, valid_grid, a_t)
   labeled = resize_nearest(labeled_label.astype(jnp.int32), grid)
   return PseudoLabels(jax.lax.stop_gradient(self_training),
-                      jnp.concatenate([labeled, jax.lax.stop_gradient(unlabeled)]))
+                      jnp.concatenate([labeled, jax.lax.stop_gradient(unlabeled)]),
+                      jax.lax.stop_gradient(jnp.max(full, axis=-1)))

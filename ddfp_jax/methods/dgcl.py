@@ -38,8 +38,8 @@ from ddfp_jax.methods import class_memory, common
 from ddfp_jax.methods import density_contrast as dc
 from ddfp_jax.methods.interface import Method, Teacher
 from ddfp_jax.models.resize import resize_bilinear
-from ddfp_jax.training.losses import (cross_entropy_sum, global_mean,
-                                      ohem_cross_entropy_sum, valid_fraction_weighted_ce)
+from ddfp_jax.training.losses import (global_mean, ohem_cross_entropy_sum,
+                                      valid_fraction_weighted_ce)
 
 SCOPES = ("global", "device")
 SUP_LOSSES = ("ce", "ohem")
@@ -147,9 +147,8 @@ def make_pseudo_labels(tools):
     logits_u = model.apply(variables, v, method="classify")[-x_u.shape[0]:]
     labels = dc.pseudo_labels(logits_u, batch["labeled_label"], batch["unlabeled_ignore"],
                               progress(config, state.step), ignore, axis)
-    probs = jax.nn.softmax(resize_bilinear(logits_u, x_u.shape[1:3]), axis=-1)
-    return Teacher(labels.self_training, jax.lax.stop_gradient(jnp.max(probs, -1)), None,
-                   stats, extra=labels.contrast)
+    return Teacher(labels.self_training, labels.confidence, None, stats,
+                   extra=labels.contrast)
 
   return teacher
 
@@ -162,12 +161,11 @@ def make_loss(tools):
   aux_head = config.model.aux_head
 
   def labeled_loss(logits, labels):
-    logits = resize_bilinear(logits, labels.shape[1:3])
-    if block.sup_loss == "ohem":
-      total, count = ohem_cross_entropy_sum(logits, labels, block.ohem_thresh,
-                                            block.ohem_min_kept, ignore, scoped_axis)
-    else:
-      total, count = cross_entropy_sum(logits, labels, ignore)
+    if block.sup_loss != "ohem":
+      return tools.ce(logits, labels)
+    total, count = ohem_cross_entropy_sum(resize_bilinear(logits, labels.shape[1:3]),
+                                          labels, block.ohem_thresh, block.ohem_min_kept,
+                                          ignore, scoped_axis)
     return global_mean(total, count, axis)
 
   def student(params, stats, x, keys):
