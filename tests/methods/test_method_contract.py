@@ -56,10 +56,10 @@ def test_one_and_two_devices_give_the_same_losses_and_parameters(contract_run):
   for part in ("params", "batch_stats", "teacher_params", "teacher_batch_stats"):
     diff = max_abs_diff(getattr(run.final_1, part), getattr(run.final_2, part))
     assert diff < 1e-5, (part, diff)
-  # Extra state to the same rounding, relative to its scale (DGCL's memory stores
-  # network features of magnitude ~1 computed by the updated parameters).
   for a, b in zip(leaves(run.final_1.extra), leaves(run.final_2.extra)):
-    scale = max(1.0, float(np.max(np.abs(b)))) if b.size else 1.0
+    # DGCL's memory stores network features (up to ~2) computed with the updated
+    # parameters: the same absolute 1e-5 per unit of their scale.
+    scale = max(1.0, float(np.max(np.abs(b)))) if name == "dgcl" and b.size else 1.0
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
 
 
