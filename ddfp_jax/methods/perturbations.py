@@ -68,10 +68,16 @@ class PerturbationSite(NamedTuple):
 
 
 def l2_normalize(g: Array, axis, eps: float = 1e-12) -> Array:
-  """g / max(||g||, eps), as `torch.nn.functional.normalize` (zero stays zero)."""
+  """g / max(||g||, eps), as `torch.nn.functional.normalize` (zero stays zero).
+
+  The square root only sees norms above eps (the others take eps): the same values, and a
+  finite gradient at g = 0, where sqrt's infinite derivative would make 0 * inf = NaN.
+  """
   g = g.astype(jnp.float32)
-  norm = jnp.sqrt(jnp.sum(jnp.square(g), axis=axis, keepdims=True))
-  return g / jnp.maximum(norm, eps)
+  squared = jnp.sum(jnp.square(g), axis=axis, keepdims=True)
+  large = squared > eps * eps
+  norm = jnp.where(large, jnp.sqrt(jnp.where(large, squared, 1.0)), eps)
+  return g / norm
 
 
 def _add_constant(x: Array, delta: Array) -> Array:

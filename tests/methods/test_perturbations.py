@@ -194,3 +194,21 @@ def test_every_kind_jits_with_one_signature_and_keeps_dtype(setup, kind):
       x, jax.random.key(0))
   assert out.shape == x.shape and out.dtype == jnp.bfloat16
   assert np.all(np.isfinite(np.asarray(out, np.float32)))
+
+
+def test_l2_normalize_matches_torch_and_has_a_finite_gradient_at_zero():
+  """torch.nn.functional.normalize's values and gradient, a zero row included (where a
+  square root taken before the maximum would give 0 * inf = NaN)."""
+  torch = pytest.importorskip("torch")
+  from ddfp_jax.methods.perturbations import l2_normalize
+  g = np.random.RandomState(0).randn(4, 5).astype(np.float32)
+  g[1] = 0.0
+  weights = np.random.RandomState(1).randn(4, 5).astype(np.float32)
+  value, grad = jax.value_and_grad(lambda x: jnp.sum(l2_normalize(x, axis=-1) * weights))(
+      jnp.asarray(g))
+  t = torch.tensor(g, dtype=torch.float64, requires_grad=True)
+  want = torch.sum(torch.nn.functional.normalize(t, dim=-1) * torch.tensor(weights, dtype=torch.float64))
+  want.backward()
+  assert float(value) == pytest.approx(float(want.detach()), rel=1e-5)
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-5)
