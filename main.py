@@ -152,6 +152,12 @@ def _parse_flags(argv):
     reason = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
     if len(reason) > 1 and reason[0] == reason[-1] and reason[0] in "'\"":
       reason = reason[1:-1]
+    parsing = re.search(r"Error whilst parsing config file: Traceback .* "
+                        r"(?:\w+(?:Error|Exception)): (.*)$", reason)
+    if parsing:
+      # The config file's get_config refused what came after its colon: its own message,
+      # without the traceback ml_collections wraps it in.
+      _usage_error(f"the config file refused its argument: {parsing.group(1).rstrip('.')}.")
     _usage_error(f"the command line cannot be applied to the config: {reason}. Overrides "
                  "take the form --config.KEY=VALUE where KEY is an existing field; every "
                  "field and its meaning is in configs/base.py.")

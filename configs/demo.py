@@ -36,8 +36,19 @@ holds 1000 entries per class and takes up to 100 per class and step (the release
 and 1000: ten steps of inserts either way; a step here has 4096 pixels, the release's
 133 000 per GPU), and the density is scored for up to 1000 of a class's pixels (the
 release's 10 000 of 133 000; it is the step's heaviest part); multi-grid stays off (ResNet-18's last stage has 2 blocks, the grid 3).
+
+CSS (configs/demo.py:css, mix; the cross variant with --config.css.variant=cross) takes
+its recipe from configs/css/tables.py: the ReCo decoder, plain BatchNorms, a 64-wide
+representation head (as the features), the EMA teacher in train mode from step 0 (no
+warm-up epoch), its strong view made on the device; its thresholds, temperatures, 256
+anchors and 512 negatives are the paper's. Scaled by the rules above: the teacher's EMA
+0.99 -> 0.84 (its horizon, 100 of 40 000 steps on VOC, stays 0.25 % of the schedule);
+the ramp-down's 200 epochs span the run as on VOC (12 steps each; the cross warm-up's
+20 epochs are then 240 steps); the strong view's rescale is the setting's (0.9-1.1) and
+never flips, as every view of the demo.
 """
 from configs import base
+from configs.css import tables as css_tables
 from configs.dgcl import tables
 
 LABELED = 150
@@ -83,6 +94,8 @@ def get_config(method: str = "ddfp"):
   config.train.checkpoint_every = 500
   if method == "dgcl":
     dgcl_recipe(config)
+  if method == "css":
+    css_recipe(config)
   config.train.final_note = (
       "The methods compared on this setting: results/demo_table4.md (README, 'Demo results'); "
       "rerun with python -m ddfp_jax.tools.compare (docs/compare.md).")
@@ -95,3 +108,12 @@ def dgcl_recipe(config):
   config.dgcl.memory_size = 1000
   config.dgcl.memory_per_class = 100
   config.dgcl.max_pixels = 1000
+
+
+def css_recipe(config):
+  """CSS's settings on the demo (docstring): its recipe, its schedules scaled."""
+  css_tables.recipe(config, representation_dim=64)   # as wide as the demo's features
+  config.semi.ema_decay = 0.84
+  config.css.rampdown_steps_per_epoch = 12
+  config.css.strong.scale_range = tuple(config.data.scale_range)
+  config.css.strong.flip_prob = 0.0

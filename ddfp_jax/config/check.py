@@ -21,9 +21,12 @@ from ddfp_jax.data import protocols
 from ddfp_jax.data import real_datasets
 from ddfp_jax.data import sources
 from ddfp_jax.methods import METHODS
+from ddfp_jax.methods import common
+from ddfp_jax.methods import css
 from ddfp_jax.methods import dgcl
 from ddfp_jax.methods import feature_perturbation
 from ddfp_jax.models import builders
+from ddfp_jax.models import deeplab
 from ddfp_jax.models import layers
 from ddfp_jax.models import resnet
 from ddfp_jax.training import optim
@@ -86,12 +89,21 @@ def choices() -> Dict[str, Tuple]:
       "model.output_stride": tuple(sorted(resnet.DILATE_STAGES)),
       "model.atrous_impl": layers.ATROUS_IMPLS,
       "model.dtype": tuple(builders.DTYPES),
+      "model.decoder": deeplab.DECODERS,
+      "model.projection_on": deeplab.PROJECTION_INPUTS,
       "semi.site": feature_perturbation.SITES,
       "semi.teacher": train_step.TEACHERS,
       "optim.lr_scaling": optim.LR_SCALING_RULES,
       "optim.name": optim.OPTIMIZERS,
       "dgcl.scope": dgcl.SCOPES,
       "dgcl.sup_loss": dgcl.SUP_LOSSES,
+      "css.variant": css.VARIANTS,
+      "css.scope": css.SCOPES,
+      "css.sup_loss": common.SUP_LOSSES,
+      "css.prototype_source": css.PROTOTYPE_SOURCES,
+      "css.valid_by": css.VALID_BY,
+      "css.unsup_loss": css.UNSUP_LOSSES,
+      "css.indicator_prototypes": css.INDICATOR_PROTOTYPES,
   }
 
 
@@ -102,12 +114,15 @@ _in_unit = lambda x: 0.0 <= x <= 1.0
 _RANGES: List[_Rule] = [
     (("semi.threshold", "semi.cutmix_prob", "semi.ema_decay", "data.flip_prob",
       "data.color_jitter_prob", "data.grayscale_prob", "data.blur_prob",
-      "ddfp.flow.final_lr_ratio", "dgcl.contrast_grad_scale", "dgcl.ohem_thresh"),
+      "ddfp.flow.final_lr_ratio", "dgcl.contrast_grad_scale", "dgcl.ohem_thresh",
+      "css.hard_threshold", "css.weak_threshold", "css.unsup_threshold",
+      "css.prototype_momentum", "css.ohem_thresh", "css.strong.cutmix_prob",
+      "css.strong.color_prob", "css.strong.blur_prob", "css.strong.flip_prob"),
      _in_unit, "in [0, 1]"),
     (("model.dropout_rate", "channel_dropout.rate", "optim.momentum"),
      lambda x: 0.0 <= x < 1.0, "in [0, 1)"),
     (("data.eval_stride_ratio",), lambda x: 0.0 < x <= 1.0, "in (0, 1]"),
-    (("data.hue",), lambda x: 0.0 <= x <= 0.5, "in [0, 0.5]"),
+    (("data.hue", "css.strong.hue"), lambda x: 0.0 <= x <= 0.5, "in [0, 0.5]"),
     (("data.labeled_per_device", "data.unlabeled_per_device", "data.eval_per_device",
       "data.crop_size", "data.eval_crop", "data.eval_window", "data.demo_labeled",
       "data.demo_unlabeled", "data.demo_validation", "data.demo_image_size",
@@ -117,7 +132,9 @@ _RANGES: List[_Rule] = [
       "ddfp.flow.num_samples", "ddfp.flow.learning_rate", "ddfp.flow.clamp",
       "dgcl.temperature", "dgcl.num_anchors", "dgcl.num_positives", "dgcl.num_negatives",
       "dgcl.max_pixels", "dgcl.memory_size", "dgcl.memory_per_class",
-      "dgcl.classes_per_pass", "dgcl.ohem_min_kept"),
+      "dgcl.classes_per_pass", "dgcl.ohem_min_kept", "css.temperature",
+      "css.contrast_temperature", "css.num_queries", "css.num_negatives",
+      "css.rampdown_epochs", "css.ohem_min_kept"),
      lambda x: x > 0, "positive"),
     (("semi.lambda_image", "semi.lambda_feature", "ddfp.eps", "random.eps", "vat.eps",
       "vat.xi", "cct_noise.uniform_range", "ddfp.flow.noise_std", "ddfp.flow.grad_clip",
@@ -125,7 +142,9 @@ _RANGES: List[_Rule] = [
       "data.saturation", "data.prefetch", "data.eval_window_batch", "data.num_labeled",
       "train.steps_this_run", "train.num_images", "model.projection_dim",
       "schedule.sup_only_epochs", "dgcl.lambda_contrast", "dgcl.aux_weight",
-      "schedule.flow_start_epoch"),
+      "schedule.flow_start_epoch", "css.lambda_contrast", "css.rampdown_scale",
+      "css.rampdown_steps_per_epoch", "css.cross_warmup_epochs", "css.strong.brightness",
+      "css.strong.contrast", "css.strong.saturation"),
      lambda x: x >= 0, "0 or more"),
     (("data.num_classes",), lambda x: x >= 2, "at least 2"),
     (("data.scale_range",), lambda r: len(r) == 2 and 0 < r[0] <= r[1],

@@ -101,7 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Last backbone stage's dilation grid, one factor per block: () none, (2, 2, 4) DGCL's.
   model.multi_grid = ()
   model.mixed_bn = True               # classifier-block BNs with DDFP's auxiliary set
+  model.decoder = "ddfp"              # "ddfp" (release) | "reco" (CSS): models/deeplab.py
   model.projection_dim = 0            # per-pixel projection head width (DGCL: 256); 0: none
+  model.projection_on = "features"    # its input: "features" v (DGCL) | "decoder_input" u (CSS)
   model.aux_head = False              # auxiliary classifier on stage 3 (DGCL, Cityscapes)
   model.dropout_rate = 0.1
   model.dtype = "float32"             # compute dtype: "float32" | "bfloat16"
@@ -137,6 +139,7 @@ def get_config() -> ml_collections.ConfigDict:
   optim.reference_batch = 16          # labeled images per step the base LR was set for
   optim.lr_scaling = "linear"         # "linear" | "none": how LR follows the global batch
   optim.momentum = 0.9
+  optim.nesterov = False              # Nesterov momentum for "sgd" (CSS's release)
   optim.weight_decay = 1e-4
   optim.poly_power = 0.9
   optim.decoder_lr_mult = 10.0

@@ -35,8 +35,10 @@ NOT_FINGERPRINTED = ("train.num_images",)
 # fingerprint (and stay reusable), and any other value still makes another run.
 # Method blocks added later count as one key, their default block.
 ADDED_WITH_DEFAULT = {"model.multi_grid": (), "model.mixed_bn": True,
-                      "model.projection_dim": 0, "model.aux_head": False}
-ADDED_BLOCKS = ("dgcl",)
+                      "model.projection_dim": 0, "model.aux_head": False,
+                      "model.decoder": "ddfp", "model.projection_on": "features",
+                      "optim.nesterov": False}
+ADDED_BLOCKS = ("dgcl", "css")
 
 
 def _added_with_default():

@@ -4,6 +4,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from ddfp_jax.methods.interface import StepInputs, Tools
+from ddfp_jax.models.resize import resize_bilinear
+from ddfp_jax.training.losses import global_mean, ohem_cross_entropy_sum
+
+SUP_LOSSES = ("ce", "ohem")
 
 
 def epoch_of(config: ml_collections.ConfigDict, step: int) -> int:
@@ -45,3 +49,24 @@ def student_views(tools: Tools, params, inputs: StepInputs, rngs):
                        "features", False)
   logits = tools.model.apply({"params": params, "batch_stats": stats}, v, method="classify")
   return u, v, logits, stats
+
+
+def labeled_loss(tools: Tools, logits, labels, kind: str = "ce", ohem_thresh: float = 0.7,
+                 ohem_min_kept: int = 100_000, ohem_axis=None):
+  """This device's share of the global mean supervised loss: cross-entropy ("ce") or
+  OHEM ("ohem": pixels whose ground-truth probability is at most max(thresh, that of the
+  min_kept-th hardest), the order statistic over `ohem_axis`'s devices, or per device
+  with None as the releases). Logits resized (bilinear) to the labels."""
+  if kind != "ohem":
+    return tools.ce(logits, labels)
+  total, count = ohem_cross_entropy_sum(resize_bilinear(logits, labels.shape[1:3]), labels,
+                                        ohem_thresh, ohem_min_kept,
+                                        tools.config.data.ignore_label, ohem_axis)
+  return global_mean(total, count, tools.axis_name)
+
+
+def gather_in_order(x, n_l: int, axis):
+  """x = [labeled (n_l), unlabeled] per device -> [every device's labeled, every
+  device's unlabeled]: the order one device holding the whole batch sees."""
+  g = lambda part: jax.lax.all_gather(part, axis, tiled=True)
+  return jnp.concatenate([g(x[:n_l]), g(x[n_l:])])

@@ -21,8 +21,9 @@ class 0 either, as the release does on every dataset, `exclude_class_0`):
    stored densities;
 4. negatives: `num_negatives` random pixels whose label is neither c nor ignored
    (detached);
-5. InfoNCE at temperature tau on cosine similarities, the positive first, after
-   subtracting each row's maximum and with 1e-6 inside the log (the release's form).
+5. InfoNCE (`contrastive.info_nce`) at temperature tau on cosine similarities, the
+   positive first, after subtracting each row's maximum and with 1e-6 inside the log
+   (the release's form).
 The loss is the mean over the classes used; 0 when there is none.
 """
 from typing import NamedTuple, Sequence, Tuple
@@ -30,6 +31,7 @@ from typing import NamedTuple, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
+from ddfp_jax.methods.contrastive import info_nce
 from ddfp_jax.methods.perturbations import l2_normalize
 from ddfp_jax.models.resize import resize_bilinear, resize_nearest
 
@@ -151,13 +153,8 @@ def class_loss(c, rep: Array, fts: Array, labels: Array, memory_fts: Array,
   negatives = jax.lax.stop_gradient(rep[negative_index]).astype(jnp.float32)
 
   keys = l2_normalize(jnp.concatenate([prototype[None], negatives]), axis=-1)
-  logits = anchors @ keys.T / config.temperature            # (anchors, 1 + negatives)
-  logits = jnp.where(jnp.concatenate([jnp.ones((1,), bool), negative_valid])[None],
-                     logits, -jnp.inf)
-  logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=1, keepdims=True))
-  log_prob = logits[:, 0] - jnp.log(jnp.sum(jnp.exp(logits), axis=1) + 1e-6)
-  weight = anchor_valid.astype(jnp.float32)
-  loss = -jnp.sum(log_prob * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+  key_valid = jnp.concatenate([jnp.ones((1,), bool), negative_valid])[None]
+  loss = info_nce(anchors @ keys.T, key_valid, anchor_valid, config.temperature, eps=1e-6)
   used = (count > 0) & (c != config.ignore_label)
   if config.exclude_class_0:
     used = used & (c != 0)

@@ -38,11 +38,10 @@ from ddfp_jax.methods import class_memory, common
 from ddfp_jax.methods import density_contrast as dc
 from ddfp_jax.methods.interface import Method, Teacher
 from ddfp_jax.models.resize import resize_bilinear
-from ddfp_jax.training.losses import (global_mean, ohem_cross_entropy_sum,
-                                      valid_fraction_weighted_ce)
+from ddfp_jax.training.losses import valid_fraction_weighted_ce
 
 SCOPES = ("global", "device")
-SUP_LOSSES = ("ce", "ohem")
+SUP_LOSSES = common.SUP_LOSSES
 
 
 class Phase(NamedTuple):
@@ -118,13 +117,6 @@ def progress(config, step) -> jnp.ndarray:
   return jnp.clip((epoch - e0) / max(epochs - e0, 1e-6), 0.0, 1.0)
 
 
-def gather_in_order(x, n_l, axis):
-  """x = [labeled (n_l), unlabeled] per device -> [every device's labeled, every
-  device's unlabeled]: the order one device holding the whole batch sees."""
-  g = lambda part: jax.lax.all_gather(part, axis, tiled=True)
-  return jnp.concatenate([g(x[:n_l]), g(x[n_l:])])
-
-
 def make_pseudo_labels(tools):
   """The teacher's two label sets (module docstring, step 1): Teacher.pseudo holds the
   self-training labels, Teacher.extra the contrastive ones."""
@@ -161,12 +153,8 @@ def make_loss(tools):
   aux_head = config.model.aux_head
 
   def labeled_loss(logits, labels):
-    if block.sup_loss != "ohem":
-      return tools.ce(logits, labels)
-    total, count = ohem_cross_entropy_sum(resize_bilinear(logits, labels.shape[1:3]),
-                                          labels, block.ohem_thresh, block.ohem_min_kept,
-                                          ignore, scoped_axis)
-    return global_mean(total, count, axis)
+    return common.labeled_loss(tools, logits, labels, block.sup_loss, block.ohem_thresh,
+                               block.ohem_min_kept, scoped_axis)
 
   def student(params, stats, x, keys):
     """(logits, aux logits or None, v, batch_stats) of the student in train mode."""
@@ -221,9 +209,9 @@ def make_loss(tools):
       # Every device scores the whole batch with the same key; the all_gather's transpose
       # sums each copy's gradient back to the device that holds the pixels.
       key = common.shared_key(inputs.state, 0)
-      contrast_loss, used = contrastive(gather_in_order(rep, n_l, axis),
-                                        gather_in_order(fts, n_l, axis),
-                                        gather_in_order(labels, n_l, axis), memory, key)
+      contrast_loss, used = contrastive(common.gather_in_order(rep, n_l, axis),
+                                        common.gather_in_order(fts, n_l, axis),
+                                        common.gather_in_order(labels, n_l, axis), memory, key)
     else:
       contrast_loss, used = contrastive(rep, fts, labels, memory, k_contrast)
     s = block.contrast_grad_scale
@@ -246,7 +234,7 @@ def make_memory_update(tools):
       return extra, {}
     out = inputs.outputs
     n_l = inputs.batch["labeled_image"].shape[0]
-    gathered = {k: gather_in_order(x, n_l, axis) for k, x in out.items()}
+    gathered = {k: common.gather_in_order(x, n_l, axis) for k, x in out.items()}
     memory = class_memory.update(extra["memory"], gathered["fts"], gathered["rep"],
                                  gathered["labels"], common.shared_key(inputs.state, 1),
                                  block.memory_per_class, tuple(block.ks),

@@ -4,7 +4,7 @@ A method is a `Method`: a few plain functions. `ddfp_jax.methods.METHODS` maps t
 `config.method` accepts to them. The shared step (`ddfp_jax/training/step.py`) does the
 rest for every method, once: per-step and per-device keys; in semi-supervised phases the
 teacher's thresholded pseudo labels on the weak view and CutMix of the strong view (a
-method may bring its own); the gradient of the method's loss summed over devices; the
+method may bring its own teacher and its own strong view); the gradient of the method's loss summed over devices; the
 student's optimiser; the method's update of its extra state; the teacher's EMA; the guard
 that keeps the state of a non-finite step; metrics; `pmap` with the phase static, so each
 phase compiles once.
@@ -46,6 +46,8 @@ class Targets(NamedTuple):
   """The strong view after CutMix and its pseudo labels (ignore where padded)."""
   image: Array
   label: Array
+  extra: Optional[PyTree] = None   # the view's other per-pixel maps, when a method's own
+                                   # strong view makes them (CSS's confidences)
 
 
 class Tools(NamedTuple):
@@ -121,6 +123,9 @@ class Method(NamedTuple):
   # make_pseudo_labels(tools) -> fn(state, batch, phase, rng) -> Teacher, replacing the
   # shared thresholded teacher (`ddfp_jax.training.step.make_teacher`).
   make_pseudo_labels: Optional[Callable[[Tools], Callable[..., Teacher]]] = None
+  # make_targets(tools) -> fn(batch, teacher, rng) -> Targets, replacing the shared
+  # CutMix of `batch["unlabeled_strong"]` (CSS builds its strong view after the teacher).
+  make_targets: Optional[Callable[[Tools], Callable[..., Targets]]] = None
   # make_eval_heads(config) -> {name: EvalHead}: extra predictions scored next to the
   # classifier's (results "<model>/<name>_miou"), or {}.
   make_eval_heads: Callable[[ml_collections.ConfigDict], Dict[str, EvalHead]] = (

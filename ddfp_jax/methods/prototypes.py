@@ -13,25 +13,39 @@ EMA, p <- alpha p + (1 - alpha) mean; classes without a valid pixel keep theirs.
 axis name the sums and counts are taken over every device, so every device holds the
 same prototypes (the release updates them per GPU from gathered representations but
 skips classes absent on that GPU, so its copies drift apart).
+
+The contrastive loss (section 4; `contrastive_loss`): per class c with a valid pixel,
+`num_queries` anchors drawn uniformly with replacement from c's hard pixels (those
+whose indicator Q_c is below delta_s), the positive the class prototype, and per anchor
+`num_negatives` negatives: each a class j != c drawn with probability softmax_j(cos(P_c,
+P_j) / tau) over the other valid classes (similar classes more often), then a pixel of j
+uniformly with replacement. InfoNCE (`contrastive.info_nce`, the plain cross-entropy),
+summed over classes and divided by the number of valid classes; 0 with fewer than two.
+Pools are static-shaped: the pixels sorted by class, each class a run of that order, so
+drawing "a member of class j" is one uniform index into its run.
 """
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
+from ddfp_jax.methods.contrastive import info_nce
 from ddfp_jax.methods.perturbations import l2_normalize
 
 Array = jax.Array
 
 
+def normalized_prototypes(prototypes: Array) -> Array:
+  """Unit prototypes; a zero prototype stays 0."""
+  p = prototypes.astype(jnp.float32)
+  norm = jnp.linalg.norm(p, axis=-1, keepdims=True)
+  return jnp.where(norm > 0, p / jnp.maximum(norm, 1e-12), 0.0)
+
+
 def prototype_similarity(rep: Array, prototypes: Array) -> Array:
   """(..., K) cosine similarity of representations (..., D) to prototypes (K, D); 0 for
   a zero prototype (its normalised vector is 0)."""
-  r = l2_normalize(rep.astype(jnp.float32), axis=-1)
-  p = prototypes.astype(jnp.float32)
-  norm = jnp.linalg.norm(p, axis=-1, keepdims=True)
-  p = jnp.where(norm > 0, p / jnp.maximum(norm, 1e-12), 0.0)
-  return r @ p.T
+  return l2_normalize(rep.astype(jnp.float32), axis=-1) @ normalized_prototypes(prototypes).T
 
 
 def representation_labels(rep: Array, prototypes: Array,
@@ -87,3 +101,89 @@ def rampdown(epoch, length: int = 200, scale: float = 5.0) -> Array:
   `RampdownScheduler`)."""
   e = jnp.asarray(epoch, jnp.float32)
   return jnp.where(e < length, jnp.exp(-scale * (e / length) ** 2), 0.0)
+
+
+# --- the contrastive loss ---------------------------------------------------------------
+
+
+class Pools(NamedTuple):
+  """Pixels grouped by class: class c's members are order[start[c]:start[c] + count[c]]."""
+  order: Array   # (N,) pixel indices sorted by class, non-members last
+  start: Array   # (K,)
+  count: Array   # (K,)
+
+
+def class_pools(labels: Array, member: Array, num_classes: int) -> Pools:
+  """Pools of the pixels with `member` True, by label (labels, member (N,))."""
+  key = jnp.where(member, labels, num_classes)
+  order = jnp.argsort(key, stable=True)
+  count = jnp.sum(jax.nn.one_hot(key, num_classes, dtype=jnp.int32), axis=0)
+  return Pools(order, jnp.cumsum(count) - count, count)
+
+
+def sample_members(key: Array, pools: Pools, classes: Array) -> Array:
+  """A pixel index drawn uniformly (with replacement) from the pool of each entry of
+  `classes` (any shape); an empty pool gives an arbitrary index (callers mask it)."""
+  u = jax.random.uniform(key, classes.shape)
+  count = pools.count[classes]
+  k = jnp.minimum(jnp.floor(u * count).astype(jnp.int32), jnp.maximum(count - 1, 0))
+  return pools.order[jnp.clip(pools.start[classes] + k, 0, pools.order.shape[0] - 1)]
+
+
+def negative_class_logits(unit_prototypes: Array, present: Array, c, temperature: float):
+  """(K,) logits of the negative-class draw for anchors of class c: cos(P_c, P_j) / tau
+  for the present classes j != c, -inf for the others."""
+  k = unit_prototypes.shape[0]
+  logits = unit_prototypes @ unit_prototypes[c] / temperature
+  return jnp.where(present & (jnp.arange(k) != c), logits, -jnp.inf)
+
+
+class ContrastSettings(NamedTuple):
+  num_queries: int = 256
+  num_negatives: int = 512
+  temperature: float = 0.5
+
+
+def draw_indices(key: Array, pools: Pools, hard_pools: Pools, unit_prototypes: Array, c,
+                 settings: ContrastSettings) -> Tuple[Array, Array]:
+  """(anchor pixels (Q,), negative pixels (Q, M)) of class c (module docstring)."""
+  q, m = settings.num_queries, settings.num_negatives
+  k_anchor, k_class, k_pixel = jax.random.split(key, 3)
+  anchors = sample_members(k_anchor, hard_pools, jnp.full((q,), c))
+  logits = negative_class_logits(unit_prototypes, pools.count > 0, c, settings.temperature)
+  classes = jax.random.categorical(k_class, logits, shape=(q, m))
+  return anchors, sample_members(k_pixel, pools, classes)
+
+
+def contrastive_loss(rep: Array, labels: Array, valid: Array, hard: Array,
+                     prototypes: Array, key: Array, settings: ContrastSettings
+                     ) -> Tuple[Array, Array]:
+  """(L_c, number of valid classes) of the module docstring.
+
+  rep (N, D) with gradient (anchors); labels, valid, hard (N,); prototypes (K, D) the
+  positives (this step's, detached). Negatives are detached representations.
+  """
+  num_classes = prototypes.shape[0]
+  rep = rep.astype(jnp.float32)
+  unit = l2_normalize(rep, axis=-1)
+  keys_detached = jax.lax.stop_gradient(unit)
+  pools = class_pools(labels, valid, num_classes)
+  hard_pools = class_pools(labels, valid & hard, num_classes)
+  present = pools.count > 0
+  n_present = jnp.sum(present)
+  unit_p = jax.lax.stop_gradient(normalized_prototypes(prototypes))
+
+  def one(args):
+    c, k = args
+    anchor_index, negative_index = draw_indices(k, pools, hard_pools, unit_p, c, settings)
+    anchors = unit[anchor_index]
+    negatives = keys_detached[negative_index]                                 # (q, m, D)
+    similarity = jnp.concatenate([(anchors @ unit_p[c])[:, None],
+                                  jnp.einsum("qd,qmd->qm", anchors, negatives)], axis=1)
+    loss = info_nce(similarity, True, jnp.ones((settings.num_queries,)), settings.temperature)
+    return jnp.where(present[c] & (hard_pools.count[c] > 0), loss, 0.0)
+
+  losses = jax.lax.map(one, (jnp.arange(num_classes),
+                             jax.random.split(key, num_classes)))
+  total = jnp.sum(losses) / jnp.maximum(n_present, 1).astype(jnp.float32)
+  return jnp.where(n_present >= 2, total, 0.0), n_present

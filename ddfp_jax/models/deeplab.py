@@ -7,12 +7,19 @@ The model exposes the stages that the DDFP step composes:
     logits = model.apply(variables, v, method="classify")       # v -> logits (stride 4)
     logits = model.apply(variables, x, train)                   # image -> logits (stride 4)
 
-Options other methods use (DGCL): `projection_dim` > 0 adds a per-pixel projection head,
+Options other methods use: `projection_dim` > 0 adds a per-pixel projection head,
 
-    rep = model.apply(variables, v, train, method="project")    # v -> projections
+    rep = model.apply(variables, v, train, method="project")    # v -> projections (DGCL)
+    rep = model.apply(variables, u, train, method="project")    # u -> representations (CSS)
 
-(1x1 conv with bias, BatchNorm over all pixels of the batch, ReLU, 1x1 conv with bias:
-the release's Linear-BatchNorm1d-ReLU-Linear applied to each pixel); `aux_head` adds an
+reading v with `projection_on="features"` (DGCL: 1x1 conv with bias, BatchNorm over all
+pixels of the batch, ReLU, 1x1 conv with bias, the release's Linear-BatchNorm1d-ReLU-Linear
+applied to each pixel) or u with `projection_on="decoder_input"` (CSS's representation
+head, parallel to the classifier: 3x3 conv to 256 channels, BN, ReLU, 1x1 conv with
+bias);
+`decoder="reco"` is the ReCo-style decoder CSS uses: a 1x1 projection of the ASPP
+concatenation instead of the 3x3, a classifier block of one 3x3 conv (no bias) instead of
+two, with `dropout_rate=0` no dropout anywhere; `aux_head` adds an
 auxiliary classifier on the backbone's stage 3,
 
     u, aux_logits = model.apply(variables, x, train, method="encode_with_aux")
@@ -36,6 +43,8 @@ from ddfp_jax.models.resize import resize_bilinear
 from ddfp_jax.models.resnet import ResNet
 
 Dtype = Any
+DECODERS = ("ddfp", "reco")
+PROJECTION_INPUTS = ("features", "decoder_input")
 
 
 class ASPP(nn.Module):
@@ -75,7 +84,11 @@ class DeepLabV3Plus(nn.Module):
     atrous_impl: how ASPP computes its dilated convolutions (`layers.ATROUS_IMPLS`).
     multi_grid: the last backbone stage's dilation grid (`ResNet.multi_grid`).
     mixed_bn: the classifier block's BatchNorms carry DDFP's auxiliary set.
+    decoder: "ddfp" (the release's: 3x3 ASPP projection, two-conv classifier block) or
+      "reco" (1x1 ASPP projection, one-conv classifier block; CSS).
     projection_dim: width of the projection head (0: none).
+    projection_on: what the projection head reads: "features" (v, DGCL) or
+      "decoder_input" (u, CSS's representation head).
     aux_head: an auxiliary classifier on backbone stage 3.
     dropout_rate: Dropout2d rate in the head and the classifier block.
     axis_name: device axis for cross-replica BatchNorm in training (None: local BN).
@@ -90,13 +103,21 @@ class DeepLabV3Plus(nn.Module):
   atrous_impl: str = "dilated"
   multi_grid: Tuple[int, ...] = ()
   mixed_bn: bool = True
+  decoder: str = "ddfp"
   projection_dim: int = 0
+  projection_on: str = "features"
   aux_head: bool = False
   dropout_rate: float = 0.1
   axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
 
   def setup(self):
+    if self.decoder not in DECODERS:
+      raise ValueError(f"model.decoder must be one of {DECODERS}, got {self.decoder!r}.")
+    if self.projection_on not in PROJECTION_INPUTS:
+      raise ValueError(f"model.projection_on must be one of {PROJECTION_INPUTS}, got "
+                       f"{self.projection_on!r}.")
+    reco = self.decoder == "reco"
     w = lambda c: scaled(c, self.width)
     bn = lambda name: BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name=name)
     block_bn = MixedBatchNorm if self.mixed_bn else BatchNorm
@@ -107,18 +128,22 @@ class DeepLabV3Plus(nn.Module):
                            dtype=self.dtype)
     self.aspp = ASPP(features=w(256), rates=tuple(self.aspp_rates), axis_name=self.axis_name,
                      dtype=self.dtype, atrous_impl=self.atrous_impl)
-    self.head_conv = conv(w(256), 3, dtype=self.dtype)
+    self.head_conv = conv(w(256), 1 if reco else 3, dtype=self.dtype)
     self.head_bn = bn("head_bn")
-    self.low_conv = conv(w(48), 1, use_bias=True, dtype=self.dtype)
+    self.low_conv = conv(w(48), 1, use_bias=not reco, dtype=self.dtype)
     self.low_bn = bn("low_bn")
-    self.classifier_conv1 = conv(w(256), 3, use_bias=True, dtype=self.dtype)
-    self.classifier_bn1 = mixed_bn("classifier_bn1")
-    self.classifier_conv2 = conv(w(256), 3, use_bias=True, dtype=self.dtype)
-    self.classifier_bn2 = mixed_bn("classifier_bn2")
+    # (conv, BN) pairs of the classifier block: u -> v.
+    self.classifier = tuple(
+        (conv(w(256), 3, use_bias=not reco, dtype=self.dtype, name=f"classifier_conv{i}"),
+         mixed_bn(f"classifier_bn{i}")) for i in range(1, 2 if reco else 3))
     self.final = conv(self.num_classes, 1, use_bias=True, dtype=self.dtype)
     self.dropout = dropout2d(self.dropout_rate)
     if self.projection_dim:
-      self.projection_conv1 = conv(self.projection_dim, 1, use_bias=True, dtype=self.dtype)
+      # A bias before BatchNorm changes nothing; kept on the 1x1 for DGCL's weights.
+      # CSS's head: 3x3, 256 hidden channels; DGCL's: 1x1 as wide as its output.
+      on_u = self.projection_on == "decoder_input"
+      self.projection_conv1 = conv(w(256) if on_u else self.projection_dim, 3 if on_u else 1,
+                                   use_bias=not on_u, dtype=self.dtype)
       self.projection_bn = bn("projection_bn")
       self.projection_conv2 = conv(self.projection_dim, 1, use_bias=True, dtype=self.dtype)
     if self.aux_head:
@@ -139,11 +164,11 @@ class DeepLabV3Plus(nn.Module):
     aux = self.dropout(aux, deterministic=not train)
     return self.head(low, high, train), self.aux_final(aux).astype(jnp.float32)
 
-  def project(self, v: jnp.ndarray, train: bool) -> jnp.ndarray:
-    """Pixel features v -> projections (N, h, w, projection_dim), float32."""
+  def project(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """v (or u, `projection_on`) -> projections (N, h, w, projection_dim), float32."""
     if not self.projection_dim:
       raise ValueError("project needs a model built with projection_dim > 0.")
-    r = nn.relu(self.projection_bn(self.projection_conv1(v.astype(self.dtype)), train))
+    r = nn.relu(self.projection_bn(self.projection_conv1(x.astype(self.dtype)), train))
     return self.projection_conv2(r).astype(jnp.float32)
 
   def head(self, low: jnp.ndarray, high: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -164,8 +189,7 @@ class DeepLabV3Plus(nn.Module):
     if perturbed and not self.mixed_bn:
       raise ValueError("perturbed=True needs the auxiliary BatchNorms (mixed_bn=True).")
     v = u.astype(self.dtype)
-    for conv_layer, bn_layer in ((self.classifier_conv1, self.classifier_bn1),
-                                 (self.classifier_conv2, self.classifier_bn2)):
+    for conv_layer, bn_layer in self.classifier:
       v = bn_layer(conv_layer(v), train, perturbed) if self.mixed_bn else bn_layer(
           conv_layer(v), train)
       v = self.dropout(nn.relu(v), deterministic=not train)
@@ -183,5 +207,5 @@ class DeepLabV3Plus(nn.Module):
       u = self.encode(x, train)
     v = self.features(u, train)
     if self.is_initializing() and self.projection_dim:
-      self.project(v, train)
+      self.project(u if self.projection_on == "decoder_input" else v, train)
     return self.classify(v)

@@ -67,7 +67,7 @@ def student_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransf
       return optax.adamw(schedule, b1=optim.momentum, b2=0.999,
                          weight_decay=optim.weight_decay)
     return optax.chain(optax.add_decayed_weights(optim.weight_decay),
-                       optax.sgd(schedule, momentum=optim.momentum))
+                       optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov))
 
   return optax.multi_transform(
       {"backbone": group(1.0), "decoder": group(optim.decoder_lr_mult)},

@@ -135,6 +135,7 @@ def make_train_step(config: ml_collections.ConfigDict):
   extra_update = method.make_extra_update(tools) if method.make_extra_update else None
   teacher = (method.make_pseudo_labels(tools) if method.make_pseudo_labels
              else make_teacher(tools, method.teacher_features))
+  own_targets = method.make_targets(tools) if method.make_targets else None
 
   def step(state: TrainState, batch: Batch, phase) -> Tuple[TrainState, Dict[str, Any]]:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -147,9 +148,13 @@ def make_train_step(config: ml_collections.ConfigDict):
     if phase.semi:
       seen = teacher(state, batch, phase, k_teacher)
       teacher_stats = seen.batch_stats
-      x_s, pseudo_s, ignore_s = cutmix(k_cutmix, semi.cutmix_prob, batch["unlabeled_strong"],
-                                       seen.pseudo, batch["unlabeled_ignore"])
-      targets = Targets(x_s, jnp.where(ignore_s == ignore, ignore, pseudo_s))
+      if own_targets is not None:
+        targets = own_targets(batch, seen, k_cutmix)
+      else:
+        x_s, pseudo_s, ignore_s = cutmix(k_cutmix, semi.cutmix_prob,
+                                         batch["unlabeled_strong"], seen.pseudo,
+                                         batch["unlabeled_ignore"])
+        targets = Targets(x_s, jnp.where(ignore_s == ignore, ignore, pseudo_s))
       real = batch["unlabeled_ignore"] != ignore
       real_count = jnp.sum(real.astype(jnp.float32))
       shares = {

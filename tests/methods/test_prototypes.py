@@ -100,3 +100,95 @@ def test_reco_weighted_ce_weights_each_image_by_its_confident_share():
 def test_rampdown(epoch):
   want = np.exp(-5 * (epoch / 200) ** 2) if epoch < 200 else 0.0
   assert float(pt.rampdown(epoch)) == pytest.approx(want, rel=1e-6, abs=1e-12)
+
+
+# --- the contrastive loss (spec section 4) ----------------------------------------------
+
+
+def _contrast_case(seed=0, n=120, k=4, d=6):
+  rs = np.random.RandomState(seed)
+  labels = rs.randint(0, k, size=n)
+  labels[labels == 3] = 2                     # class 3 absent
+  valid = rs.rand(n) < 0.8
+  hard = rs.rand(n) < 0.5
+  rep = rs.randn(n, d)
+  protos = rs.randn(k, d)
+  return rep, labels, valid, hard, protos
+
+
+def test_draws_follow_the_spec_distributions():
+  """Anchors: uniform over class c's hard valid pixels; negative classes: softmax of
+  cos(P_c, P_j) / tau over the other present classes; negative pixels: uniform within
+  their class. Frequencies over many draws against those (chi-square-sized bounds)."""
+  rep, labels, valid, hard, protos = _contrast_case()
+  k, c = protos.shape[0], 1
+  settings = pt.ContrastSettings(num_queries=4000, num_negatives=50, temperature=0.5)
+  pools = pt.class_pools(jnp.asarray(labels), jnp.asarray(valid), k)
+  hard_pools = pt.class_pools(jnp.asarray(labels), jnp.asarray(valid & hard), k)
+  unit = pt.normalized_prototypes(jnp.asarray(protos, jnp.float32))
+  anchors, negatives = map(np.asarray, pt.draw_indices(jax.random.key(0), pools, hard_pools,
+                                                       unit, c, settings))
+  hard_c = np.flatnonzero(valid & hard & (labels == c))
+  assert set(anchors.tolist()) == set(hard_c.tolist())
+  counts = np.bincount(anchors, minlength=len(labels))[hard_c]
+  expected = len(anchors) / len(hard_c)
+  assert np.sum((counts - expected) ** 2 / expected) < len(hard_c) + 5 * np.sqrt(2 * len(hard_c))
+  # Negative classes: classes 0 and 2 (1 is the anchor's, 3 is absent).
+  cos = _np_cos(protos[c:c + 1], protos)[0]
+  p = np.exp(cos / 0.5)
+  p[[c, 3]] = 0
+  p /= p.sum()
+  neg_labels = labels[negatives.ravel()]
+  assert np.all(valid[negatives.ravel()])
+  freq = np.bincount(neg_labels, minlength=k) / neg_labels.size
+  np.testing.assert_allclose(freq, p, atol=4 * np.sqrt(0.25 / neg_labels.size))
+  members = np.flatnonzero(valid & (labels == 0))
+  within = np.bincount(negatives.ravel()[neg_labels == 0], minlength=len(labels))[members]
+  expected = within.sum() / len(members)
+  assert np.sum((within - expected) ** 2 / expected) < len(members) + 5 * np.sqrt(2 * len(members))
+
+
+def test_contrastive_loss_and_gradient_match_torch_on_the_same_draws():
+  torch = pytest.importorskip("torch")
+  rep, labels, valid, hard, protos = _contrast_case(seed=1)
+  k = protos.shape[0]
+  settings = pt.ContrastSettings(num_queries=8, num_negatives=16, temperature=0.5)
+  key = jax.random.key(3)
+  args = (jnp.asarray(labels), jnp.asarray(valid), jnp.asarray(hard),
+          jnp.asarray(protos, jnp.float32), key, settings)
+  fn = lambda r: pt.contrastive_loss(r, *args)[0]
+  loss, grad = jax.value_and_grad(fn)(jnp.asarray(rep, jnp.float32))
+
+  # PyTorch from the spec, on the draws of the same keys.
+  pools = pt.class_pools(args[0], args[1], k)
+  hard_pools = pt.class_pools(args[0], args[1] & args[2], k)
+  unit = pt.normalized_prototypes(args[3])
+  r = torch.tensor(rep, requires_grad=True)
+  rn = torch.nn.functional.normalize(r, dim=1)
+  pn = torch.nn.functional.normalize(torch.tensor(protos), dim=1)
+  present = [c for c in range(k) if np.any(valid & (labels == c))]
+  total = 0.0
+  for c, kc in zip(range(k), jax.random.split(key, k)):
+    if c not in present or not np.any(valid & hard & (labels == c)):
+      continue
+    a, n = map(np.asarray, pt.draw_indices(kc, pools, hard_pools, unit, c, settings))
+    anchors = rn[torch.tensor(a)]
+    negatives = rn.detach()[torch.tensor(n)]
+    logits = torch.cat([(anchors @ pn[c])[:, None],
+                        torch.einsum("qd,qmd->qm", anchors, negatives)], 1) / 0.5
+    total = total + torch.nn.functional.cross_entropy(
+        logits, torch.zeros(len(a), dtype=torch.long))
+  want = total / len(present)
+  want.backward()
+  assert float(loss) == pytest.approx(float(want.detach()), rel=1e-5)
+  np.testing.assert_allclose(grad, r.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_contrastive_loss_is_zero_with_fewer_than_two_classes():
+  rep, labels, valid, hard, protos = _contrast_case(seed=2)
+  settings = pt.ContrastSettings(num_queries=4, num_negatives=4)
+  one_class = jnp.asarray(valid & (labels == 0))
+  loss, n = pt.contrastive_loss(jnp.asarray(rep, jnp.float32), jnp.asarray(labels), one_class,
+                                jnp.asarray(hard), jnp.asarray(protos, jnp.float32),
+                                jax.random.key(0), settings)
+  assert float(loss) == 0.0 and int(n) == 1

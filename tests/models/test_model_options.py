@@ -92,3 +92,40 @@ def test_plain_classifier_batchnorms_have_no_auxiliary_set():
   u = model.apply(variables, x, False, method="encode")
   with pytest.raises(ValueError, match="mixed_bn=True"):
     model.apply(variables, u, False, True, method="features")
+
+
+def test_reco_decoder_and_representation_head_match_torch_layers():
+  """CSS's decoder from its spec in PyTorch: on u, the classifier 3x3 conv (no bias), BN,
+  ReLU, 1x1 conv with bias; in parallel the representation head 3x3 conv, BN, ReLU, 1x1
+  conv with bias; the ASPP concatenation projected by a 1x1 conv."""
+  torch = pytest.importorskip("torch")
+  F = torch.nn.functional
+  model = _model(decoder="reco", mixed_bn=False, dropout_rate=0.0, projection_dim=6,
+                 projection_on="decoder_input")
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x, False)
+  p = jax.tree.map(np.asarray, variables["params"])
+  assert p["head_conv"]["kernel"].shape[:2] == (1, 1) and "classifier_conv2" not in p
+  assert "bias" not in p["classifier_conv1"] and "bias" not in p["low_conv"]
+  u = model.apply(variables, x, False, method="encode")
+  (v, logits), _ = model.apply(
+      variables, u, True, method=lambda m, u, t: (m.features(u, t), m.classify(m.features(u, t))),
+      mutable=["batch_stats"])
+  rep, _ = model.apply(variables, u, True, method="project", mutable=["batch_stats"])
+
+  t = lambda a: torch.tensor(np.asarray(a, np.float64))
+  conv = lambda y, k, b=None: F.conv2d(y, t(k).permute(3, 2, 0, 1), None if b is None else t(b),
+                                       padding=k.shape[0] // 2)
+  bn = lambda y, q: F.batch_norm(y, None, None, t(q["scale"]), t(q["bias"]), training=True,
+                                 eps=1e-5)
+  tu = t(u).permute(0, 3, 1, 2)
+  hidden = F.relu(bn(conv(tu, p["classifier_conv1"]["kernel"]), p["classifier_bn1"]))
+  want_logits = conv(hidden, p["final"]["kernel"], p["final"]["bias"])
+  want_rep = conv(F.relu(bn(conv(tu, p["projection_conv1"]["kernel"]), p["projection_bn"])),
+                  p["projection_conv2"]["kernel"], p["projection_conv2"]["bias"])
+  to_nhwc = lambda y: y.permute(0, 2, 3, 1).numpy()
+  np.testing.assert_allclose(np.asarray(v), to_nhwc(hidden), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(logits), to_nhwc(want_logits), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(rep), to_nhwc(want_rep), rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="model.decoder must be one of"):
+    _model(decoder="unet").init(jax.random.key(0), x, False)

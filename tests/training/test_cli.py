@@ -138,6 +138,11 @@ def test_bad_input_stops_with_one_paragraph_and_changes_nothing(earlier_run, tmp
        ["needs the prepared TFDS files of pascal", "python -m ddfp_jax.data.prepare"]),
       ("dgcl without a projection head", train("--config.method=dgcl"), 1,
        ["method 'dgcl'", "set model.projection_dim > 0", "configs/demo.py:dgcl"]),
+      ("css without a representation head", train("--config.method=css"), 1,
+       ["method 'css'", "set model.projection_dim > 0", "configs/demo.py:css"]),
+      ("css config with a mistyped variant", _main(
+          "--config", "configs/css/pascal_92.py:crosss", "--workdir", str(tmp_path / "css")), 2,
+       ["one of mix, cross, release, cross_release", "configs/css/pascal_92.py:cross"]),
       ("eval without checkpoint", _main("--config", "configs/demo.py", "--workdir",
                                         str(tmp_path / "empty"), "--mode", "eval"), 1,
        ["No checkpoint to evaluate", "Train first"]),

@@ -39,6 +39,9 @@ def _config_files():
       yield name, module.get_config()
 
 
+# CSS's: an EMA teacher in train mode, as its release runs it (the paper does not say;
+# configs/css/tables.py).
+CSS = {"semi.teacher": "ema", "semi.teacher_train_mode": True, "semi.site": "feature"}
 # DGCL's release teacher rule, which its configs set (configs/dgcl/tables.py).
 DGCL = {"semi.teacher": "shared_first_epoch", "semi.teacher_train_mode": True,
         "semi.site": "feature"}
@@ -48,13 +51,14 @@ def test_default_is_custom_with_the_papers_switches():
   config = base.get_config()
   assert config.preset == "custom" and _switches(config) == PAPER
   assert presets.PRESETS == {"paper": PAPER, "release": RELEASE}
-  # Every shipped config keeps the switches it sets: the paper's, but DGCL's teacher rule
-  # in DGCL's configs.
+  # Every shipped config keeps the switches it sets: the paper's, but DGCL's and CSS's
+  # teacher rules in their configs.
   names = []
   for name, config in _config_files():
     names.append(name)
     assert config.preset == "custom", name
-    assert _switches(config) == (DGCL if name.startswith("dgcl/") else PAPER), name
+    want = DGCL if name.startswith("dgcl/") else CSS if name.startswith("css/") else PAPER
+    assert _switches(config) == want, name
     assert presets.apply_preset(config) is config
   assert {"demo", "ddfp/pascal_732", "ddfp/cityscapes_1_4", "dgcl/pascal_732"} <= set(names)
 

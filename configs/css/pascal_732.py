@@ -1,0 +1,22 @@
+r"""CSS on Pascal VOC 2012 classic, 732 labeled images: labeled from the 1464
+fine images, unlabeled from the 10582-image set.
+
+Command (SPLITS: the standard split lists; EXTRACTED_DIR, TFDS_DIR: as for DDFP's VOC
+configs, configs/ddfp/pascal_92.py; the classic lists need the blended set prepared):
+  python main.py --config configs/css/pascal_732.py --workdir DIR \
+    --config.data.data_dir=TFDS_DIR --config.data.manual_dir=EXTRACTED_DIR \
+    --config.data.split_dir=SPLITS/pascal/732
+The cross variant: configs/css/pascal_732.py:cross; the release's behaviour: :release
+or :cross_release.
+
+Published (validation mIoU %, DeepLabV3+ / ResNet-101, paper Table 1, mean ± std over
+three splits): CSS (mix) 77.57 ± 0.73, CSS (cross) 77.08 ± 0.37,
+supervised 70.77.
+
+Shared settings, paper-vs-release switches and known differences: configs/css/tables.py.
+"""
+from configs.css import tables
+
+
+def get_config(variant: str = "mix"):
+  return tables.pascal(num_labeled=732, variant=variant)
