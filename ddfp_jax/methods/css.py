@@ -184,8 +184,9 @@ def make_targets(tools):
   view = strong_view_config(config)
 
   def targets(batch, teacher: Teacher, rng) -> Targets:
-    maps = {"label": teacher.pseudo, "cls_label": teacher.extra["cls_label"],
-            "rep_label": teacher.extra["rep_label"], "confidence": teacher.confidence,
+    # "label" is y_cls for cross (Teacher.pseudo), the mixed labels for mix.
+    maps = {"label": teacher.pseudo, "rep_label": teacher.extra["rep_label"],
+            "confidence": teacher.confidence,
             "rep_confidence": teacher.extra["rep_confidence"],
             "ignore": batch["unlabeled_ignore"]}
     if block.quantize_confidence:
@@ -244,9 +245,6 @@ def make_loss(tools):
       count = jnp.sum(labels != ignore).astype(jnp.float32)
     return global_mean(total, count, axis)
 
-  def grid(x, size):
-    return resize_nearest(x, size)
-
   def contrast_valid(labels, confidence, rep_confidence):
     if block.valid_by == "logit":
       return (labels != ignore) & (confidence >= block.weak_threshold)
@@ -259,7 +257,6 @@ def make_loss(tools):
       return common.supervised_loss(tools, params, inputs, rng)
     targets, teacher = inputs.targets, inputs.teacher
     maps = targets.extra
-    n_l = batch["labeled_image"].shape[0]
     logits_l, rep_l, stats = student(params, state.batch_stats, batch["labeled_image"],
                                      keys[:3])
     logits_s, rep_s, stats = student(params, stats, targets.image, keys[3:6])
@@ -267,34 +264,31 @@ def make_loss(tools):
 
     if block.variant == "cross":
       after = css_epoch(config, state.step) >= block.cross_warmup_epochs
-      u_labels = jnp.where(after, maps["rep_label"], maps["cls_label"])
+      u_labels = jnp.where(after, maps["rep_label"], maps["label"])
       u_confidence = jnp.where(after, maps["rep_confidence"], maps["confidence"])
-      c_labels = maps["cls_label"]
     else:
-      u_labels, u_confidence, c_labels = maps["label"], maps["confidence"], maps["label"]
+      u_labels, u_confidence = maps["label"], maps["confidence"]
     unsup = unsup_loss(logits_s, u_labels, u_confidence)
 
     # L_c over [labeled, strong] at the feature grid.
     size = rep_l.shape[1:3]
-    y_l = grid(batch["labeled_label"].astype(jnp.int32), size)
-    y_s = grid(c_labels, size)
-    valid_s = contrast_valid(y_s, grid(maps["confidence"], size),
-                             grid(maps["rep_confidence"], size))
+    grid = lambda x: resize_nearest(x, size)
+    y_l = grid(batch["labeled_label"].astype(jnp.int32))
+    y_s = grid(maps["label"])
+    valid_s = contrast_valid(y_s, grid(maps["confidence"]), grid(maps["rep_confidence"]))
     rep = jnp.concatenate([rep_l, rep_s])
     labels = jnp.concatenate([y_l, y_s])
     valid = jnp.concatenate([y_l != ignore, valid_s])
     previous = state.extra["prototypes"]
     if block.prototype_source == "teacher":
-      t_rep = teacher.extra["rep"]
-      t_grid = lambda x: grid(x, t_rep.shape[1:3])
-      t_unlabeled = teacher.extra["cls_label"] if block.variant == "cross" else teacher.pseudo
-      t_labels = jnp.concatenate([grid(batch["labeled_label"].astype(jnp.int32),
-                                       t_rep.shape[1:3]), t_grid(t_unlabeled)])
+      # The teacher's [labeled, weak] at the same grid, its L_c labels (Teacher.pseudo).
+      t_unlabeled = grid(teacher.pseudo)
+      t_labels = jnp.concatenate([y_l, t_unlabeled])
       t_valid = jnp.concatenate([
-          t_labels[:n_l] != ignore,
-          contrast_valid(t_labels[n_l:], t_grid(teacher.confidence),
-                         t_grid(teacher.extra["rep_confidence"]))])
-      updated = pt.update_prototypes(previous, t_rep, t_labels, t_valid,
+          y_l != ignore,
+          contrast_valid(t_unlabeled, grid(teacher.confidence),
+                         grid(teacher.extra["rep_confidence"]))])
+      updated = pt.update_prototypes(previous, teacher.extra["rep"], t_labels, t_valid,
                                      block.prototype_momentum, axis)
     else:
       updated = pt.update_prototypes(previous, jax.lax.stop_gradient(rep), labels, valid,

@@ -114,7 +114,7 @@ def test_strong_view_targets_carry_labels_confidences_and_padding():
   np.testing.assert_allclose(np.asarray(maps["confidence"])[real], label[real] / 4.0, atol=1e-6)
   np.testing.assert_allclose(np.asarray(maps["rep_confidence"])[real], label[real] / 4.0,
                              atol=1e-6)
-  np.testing.assert_array_equal(np.asarray(maps["cls_label"]), label)
+  np.testing.assert_array_equal(np.asarray(maps["rep_label"]), label)
   assert out.image.shape == batch["unlabeled_weak"].shape
 
 
