@@ -148,7 +148,18 @@ def test_draws_follow_the_spec_distributions():
   assert np.sum((within - expected) ** 2 / expected) < len(members) + 5 * np.sqrt(2 * len(members))
 
 
-def test_contrastive_loss_and_gradient_match_torch_on_the_same_draws():
+def test_inverse_cdf_never_draws_a_class_of_probability_zero():
+  probs = jnp.asarray([0.0, 0.25, 0.0, 0.75, 0.0])
+  u = jnp.asarray([0.0, 0.2499, 0.25, 0.9999, np.nextafter(np.float32(1), np.float32(0))])
+  np.testing.assert_array_equal(pt.inverse_cdf(probs, u), [1, 1, 3, 3, 3])
+  # Rounding past the end (u * cdf_K == cdf_K) goes to the last positive class.
+  np.testing.assert_array_equal(pt.inverse_cdf(probs, jnp.asarray([1.0])), [3])
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_contrastive_loss_and_gradient_match_torch_on_the_same_draws(dense):
+  """Both ways of computing the negatives' similarities (one matmul against every pixel,
+  or the gathered negatives) against PyTorch."""
   torch = pytest.importorskip("torch")
   rep, labels, valid, hard, protos = _contrast_case(seed=1)
   k = protos.shape[0]
@@ -156,7 +167,7 @@ def test_contrastive_loss_and_gradient_match_torch_on_the_same_draws():
   key = jax.random.key(3)
   args = (jnp.asarray(labels), jnp.asarray(valid), jnp.asarray(hard),
           jnp.asarray(protos, jnp.float32), key, settings)
-  fn = lambda r: pt.contrastive_loss(r, *args)[0]
+  fn = lambda r: pt.contrastive_loss(r, *args, dense=dense)[0]
   loss, grad = jax.value_and_grad(fn)(jnp.asarray(rep, jnp.float32))
 
   # PyTorch from the spec, on the draws of the same keys.
