@@ -66,3 +66,38 @@ def resize_nearest(x: jnp.ndarray, size: Sequence[int]) -> jnp.ndarray:
     if x.shape[axis] != out_size:
       x = jnp.take(x, _nearest_indices(x.shape[axis], out_size), axis=axis)
   return x
+
+
+def _deconv_taps(in_size: int, factor: int) -> Tuple[np.ndarray, np.ndarray]:
+  """(source indices (out, 2), weights (out, 2)) of `upsample_bilinear_deconv` on one axis.
+
+  The transposed convolution with stride s, kernel 2s and padding s // 2 writes input i
+  onto outputs o = i s - s // 2 + t, t = 0 .. 2s - 1, with weight k(t) = 1 - |t / s - c|,
+  c = (2s - 1 - s % 2) / (2s) (FCN's bilinear filler). Every output has two sources; one
+  that falls outside the input contributes 0, as the zero padding does."""
+  s, pad = factor, factor // 2
+  center = (2 * s - 1 - s % 2) / (2 * s)
+  out = np.arange((in_size - 1) * s - 2 * pad + 2 * s)
+  first = (out + pad) // s                       # the largest i with t = o + pad - i s >= 0
+  index = np.stack([first - 1, first], axis=1)
+  t = out[:, None] + pad - index * s
+  weight = np.where((index >= 0) & (index < in_size) & (t >= 0) & (t < 2 * s),
+                    1.0 - np.abs(t / s - center), 0.0).astype(np.float32)
+  return np.clip(index, 0, in_size - 1).astype(np.int32), weight
+
+
+def upsample_bilinear_deconv(x: jnp.ndarray, factor: int = 8) -> jnp.ndarray:
+  """x (N, H, W, C) upsampled by `factor` as a frozen bilinear transposed convolution,
+  one channel at a time: PyTorch's `ConvTranspose2d(C, C, 2 factor, stride=factor,
+  padding=factor // 2, groups=C, bias=False)` with FCN's bilinear weights (the USSS
+  release's x8 upsampling of its score and embedding maps). Output (N, factor H, factor
+  W, C) for an even factor. Linear in x, like `resize_bilinear`, and differs from it at
+  the borders (the zero padding) and by its half-pixel alignment."""
+  for axis in (1, 2):
+    index, weight = _deconv_taps(x.shape[axis], factor)
+    shape = [1] * x.ndim
+    shape[axis] = index.shape[0]
+    w0 = jnp.asarray(weight[:, 0].reshape(shape), x.dtype)
+    w1 = jnp.asarray(weight[:, 1].reshape(shape), x.dtype)
+    x = jnp.take(x, index[:, 0], axis=axis) * w0 + jnp.take(x, index[:, 1], axis=axis) * w1
+  return x
