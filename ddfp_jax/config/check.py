@@ -84,6 +84,7 @@ def choices() -> Dict[str, Tuple]:
       "preset": presets.NAMES,
       "data.name": sources.DATASETS,
       "data.eval_protocol": protocols.PROTOCOLS,
+      "data.demo_domain": tuple(demo.DOMAINS),
       "data.eval_window_grid": protocols.GRID_RULES,
       "model.depth": tuple(sorted(resnet.RESNET_LAYOUTS)),
       "model.output_stride": tuple(sorted(resnet.DILATE_STAGES)),
@@ -186,8 +187,10 @@ _CHOICE_HINTS = {
 }
 
 
-def _dataset_classes(name: str) -> int:
-  return demo.NUM_CLASSES if name == "demo" else real_datasets.DATASETS[name].num_classes
+def _dataset_classes(name: str, demo_domain: str = "day") -> int:
+  if name == "demo":
+    return demo.DOMAINS[demo_domain].num_classes if demo_domain in demo.DOMAINS else None
+  return real_datasets.DATASETS[name].num_classes
 
 
 def _value_problems(given: Dict[str, object]) -> List[str]:
@@ -208,9 +211,13 @@ def _value_problems(given: Dict[str, object]) -> List[str]:
       values = [given[k] for k in reads]
       problems.append(f"'{key}' must be {requirement.format(*values)}, got {values[0]!r}")
   name = given.get("data.name")
-  if name in sources.DATASETS and given.get("data.num_classes") != _dataset_classes(name):
-    problems.append(f"'data.num_classes' is {given.get('data.num_classes')!r} but dataset "
-                    f"'{name}' has {_dataset_classes(name)} classes")
+  classes = (_dataset_classes(name, given.get("data.demo_domain", "day"))
+             if name in sources.DATASETS else None)
+  if classes is not None and given.get("data.num_classes") != classes:
+    what = (f"the demo's '{given.get('data.demo_domain', 'day')}' domain" if name == "demo"
+            else f"dataset '{name}'")
+    problems.append(f"'data.num_classes' is {given.get('data.num_classes')!r} but {what} "
+                    f"has {classes} classes")
   return problems
 
 

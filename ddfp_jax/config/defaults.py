@@ -85,6 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.demo_unlabeled = 1000
   data.demo_validation = 200
   data.demo_image_size = 96
+  data.demo_domain = "day"            # "day" | "night" (ddfp_jax/data/demo.py)
   data.demo_seed = 0                  # the scenes; apart from config.seed, so the set stays fixed
   data.shuffle_buffer = 0             # 0: exact per-epoch permutation (deterministic)
   data.prefetch = 2

@@ -37,7 +37,7 @@ NOT_FINGERPRINTED = ("train.num_images",)
 ADDED_WITH_DEFAULT = {"model.multi_grid": (), "model.mixed_bn": True,
                       "model.projection_dim": 0, "model.aux_head": False,
                       "model.decoder": "ddfp", "model.projection_on": "features",
-                      "optim.nesterov": False}
+                      "optim.nesterov": False, "data.demo_domain": "day"}
 ADDED_BLOCKS = ("dgcl", "css")
 
 

@@ -11,6 +11,12 @@ Train scenes (`labeled`, `unlabeled`) use the first `TRAIN_DIGIT_SAMPLES` digit 
 and `validation` scenes the rest, so validation measures generalisation to unseen
 handwriting rather than to unseen placements of memorised digits.
 
+Two domains, as USSS's setting needs (one model over datasets with different label
+spaces and looks): "day" (the above, 11 classes) and "night": dark, grainier backgrounds,
+brighter strokes, and a coarser label space of 6 classes, 0 background and 1 + digit // 2
+for the pairs {0, 1}, {2, 3}, ..., {8, 9}. A night scene is drawn from its own random
+stream, so the two domains never share a scene. `data.demo_domain` picks one.
+
 The scenes are served through a TFDS builder, `DigitScenes`, like the real datasets, so
 the training pipeline has a single path: `load_demo_split(config, split)`.
 """
@@ -23,7 +29,37 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 SPLITS = ("labeled", "unlabeled", "validation")
-NUM_CLASSES = 11
+NUM_CLASSES = 11      # of the "day" domain
+
+
+class Domain(NamedTuple):
+  """How a domain's scenes look and what their labels say."""
+  num_classes: int
+  digits_per_class: int        # label = 1 + digit // digits_per_class
+  background: Tuple[float, float]   # range of the gradient's end colours
+  grain: float                 # std of the per-pixel noise
+  stroke: Tuple[float, float]  # range of the stroke colour candidates
+  code: int                    # separates the domains' random streams
+
+
+DOMAINS = {
+    "day": Domain(NUM_CLASSES, 1, (30.0, 225.0), 4.0, (0.0, 255.0), 0),
+    "night": Domain(6, 2, (5.0, 70.0), 12.0, (110.0, 255.0), 10),
+}
+
+
+def domain_spec(domain: str) -> Domain:
+  if domain not in DOMAINS:
+    raise ValueError(f"Unknown digit-scenes domain {domain!r}; expected one of "
+                     f"{tuple(DOMAINS)}.")
+  return DOMAINS[domain]
+
+
+def class_names(domain: str = "day") -> Tuple[str, ...]:
+  """The name of each class of `domain`, in id order."""
+  per = domain_spec(domain).digits_per_class
+  groups = ["-".join(str(d) for d in range(lo, lo + per)) for lo in range(0, 10, per)]
+  return ("background",) + tuple(groups)
 # Digit samples [0, TRAIN_DIGIT_SAMPLES) feed the train scenes, the rest the validation
 # scenes (397 samples, roughly 40 per digit).
 TRAIN_DIGIT_SAMPLES = 1400
@@ -94,9 +130,9 @@ def _upscale(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
   return np.moveaxis(y, 0, 1)
 
 
-def _background(rng: np.random.RandomState, size: int) -> np.ndarray:
+def _background(rng: np.random.RandomState, size: int, style: Domain) -> np.ndarray:
   """A smooth colour gradient plus low-frequency colour noise and fine grain, float."""
-  c0, c1 = rng.uniform(30.0, 225.0, size=(2, 3))
+  c0, c1 = rng.uniform(*style.background, size=(2, 3))
   angle = rng.uniform(0.0, 2.0 * np.pi)
   yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
   t = xx * np.cos(angle) + yy * np.sin(angle)
@@ -104,7 +140,7 @@ def _background(rng: np.random.RandomState, size: int) -> np.ndarray:
   image = c0 + (c1 - c0) * t[..., None]
   blobs = _upscale(rng.normal(size=(4, 4, 3)), size, size)
   image += blobs * rng.uniform(10.0, 30.0)
-  image += rng.normal(scale=4.0, size=(size, size, 3))
+  image += rng.normal(scale=style.grain, size=(size, size, 3))
   return image
 
 
@@ -119,14 +155,16 @@ def _overlap_ok(box: Tuple[int, int, int], boxes) -> bool:
   return True
 
 
-def generate_scene(split: str, index: int, *, image_size: int, seed: int) -> Scene:
-  """Scene `index` of `split`: a pure function of its arguments."""
+def generate_scene(split: str, index: int, *, image_size: int, seed: int,
+                   domain: str = "day") -> Scene:
+  """Scene `index` of `split` in `domain`: a pure function of its arguments."""
   _check_split(split)
+  style = domain_spec(domain)
   digit_images, targets = _digits()
   pool = digit_sample_pool(split)
-  rng = np.random.RandomState([seed, _SPLIT_CODES[split], index])
+  rng = np.random.RandomState([seed, _SPLIT_CODES[split] + style.code, index])
 
-  image = _background(rng, image_size)
+  image = _background(rng, image_size, style)
   label = np.zeros((image_size, image_size), np.uint8)
   lo, hi = (max(4, round(b * image_size / _REFERENCE_SIZE)) for b in _DIGIT_BOX)
   hi = min(hi, image_size)
@@ -148,21 +186,23 @@ def generate_scene(split: str, index: int, *, image_size: int, seed: int) -> Sce
     region = image[y:y + s, x:x + s]
     # The candidate colour farthest from the background under the strokes keeps every
     # digit visible.
-    candidates = rng.uniform(0.0, 255.0, size=(_COLOUR_CANDIDATES, 3))
+    candidates = rng.uniform(*style.stroke, size=(_COLOUR_CANDIDATES, 3))
     under = (region * alpha).sum((0, 1)) / max(alpha.sum(), 1e-6)
     distance = np.linalg.norm(candidates - under, axis=-1)
     colour = candidates[np.argmax(distance)]
     image[y:y + s, x:x + s] = region * (1.0 - alpha) + colour * alpha
-    label[y:y + s, x:x + s][alpha[..., 0] > _LABEL_THRESHOLD] = 1 + targets[sample]
+    label[y:y + s, x:x + s][alpha[..., 0] > _LABEL_THRESHOLD] = (
+        1 + targets[sample] // style.digits_per_class)
   image = np.clip(np.round(image), 0, 255).astype(np.uint8)
   return Scene(image, label, samples.astype(np.int64))
 
 
-def generate_split(split: str, num: int, *, image_size: int,
-                   seed: int) -> Iterator[Tuple[int, Scene]]:
+def generate_split(split: str, num: int, *, image_size: int, seed: int,
+                   domain: str = "day") -> Iterator[Tuple[int, Scene]]:
   """Yields (index, scene) for the first `num` scenes of `split`."""
   for index in range(num):
-    yield index, generate_scene(split, index, image_size=image_size, seed=seed)
+    yield index, generate_scene(split, index, image_size=image_size, seed=seed,
+                                domain=domain)
 
 
 @dataclasses.dataclass(eq=False)
@@ -173,6 +213,7 @@ class DigitScenesConfig(tfds.core.BuilderConfig):
   num_unlabeled: int = 1000
   num_validation: int = 200
   seed: int = 0
+  domain: str = "day"
 
   @property
   def split_sizes(self) -> Dict[str, int]:
@@ -181,16 +222,20 @@ class DigitScenesConfig(tfds.core.BuilderConfig):
 
 
 def make_builder_config(image_size: int, num_labeled: int, num_unlabeled: int,
-                        num_validation: int, seed: int) -> DigitScenesConfig:
+                        num_validation: int, seed: int,
+                        domain: str = "day") -> DigitScenesConfig:
   """The builder config for these sizes: distinct sizes never share prepared files."""
+  domain_spec(domain)
   name = f"s{image_size}_l{num_labeled}_u{num_unlabeled}_v{num_validation}_seed{seed}"
+  if domain != "day":             # the day domain keeps the names it was first built with
+    name += f"_{domain}"
   predefined = DigitScenes.builder_configs.get(name)
   if predefined is not None:
     # TFDS refuses a new config object named like a predefined one.
     return predefined
   return DigitScenesConfig(name=name, image_size=image_size, num_labeled=num_labeled,
                            num_unlabeled=num_unlabeled, num_validation=num_validation,
-                           seed=seed, description="Custom sizes.")
+                           seed=seed, domain=domain, description="Custom sizes.")
 
 
 class DigitScenes(tfds.core.GeneratorBasedBuilder):
@@ -230,7 +275,8 @@ class DigitScenes(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, num: int):
     cfg = self.builder_config
-    for index, scene in generate_split(split, num, image_size=cfg.image_size, seed=cfg.seed):
+    for index, scene in generate_split(split, num, image_size=cfg.image_size, seed=cfg.seed,
+                                       domain=cfg.domain):
       yield index, {"image": scene.image, "label": scene.label, "index": index}
 
 
@@ -239,7 +285,7 @@ def builder_config_for(config) -> DigitScenesConfig:
   data = config.data
   return make_builder_config(
       int(data.demo_image_size), int(data.demo_labeled), int(data.demo_unlabeled),
-      int(data.demo_validation), int(data.demo_seed))
+      int(data.demo_validation), int(data.demo_seed), str(data.demo_domain))
 
 
 def demo_builder(config) -> DigitScenes:

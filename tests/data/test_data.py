@@ -123,6 +123,33 @@ def test_tfds_builder_serves_the_generated_scenes(config):
   assert other.name != name
 
 
+def test_night_domain_has_its_own_scenes_look_and_coarser_labels(config):
+  """The second domain (USSS's setting): labels 1 + digit // 2, darker and grainier
+  backgrounds than day, scenes of their own, served by their own builder config."""
+  _, targets = demo._digits()  # pylint: disable=protected-access
+  assert demo.class_names("night") == ("background", "0-1", "2-3", "4-5", "6-7", "8-9")
+  assert len(demo.class_names("day")) == demo.NUM_CLASSES
+  dark, bright = [], []
+  for i in range(12):
+    night = demo.generate_scene("labeled", i, image_size=48, seed=0, domain="night")
+    day = demo.generate_scene("labeled", i, image_size=48, seed=0)
+    assert not np.array_equal(night.digit_samples, day.digit_samples)
+    assert set(np.unique(night.label).tolist()) - {0} == {
+        1 + int(targets[s]) // 2 for s in night.digit_samples}
+    dark.append(night.image[night.label == 0].mean())
+    bright.append(day.image[day.label == 0].mean())
+  assert max(dark) < 70 < min(bright)      # background grey levels
+  c = config.copy_and_resolve_references()
+  c.data.demo_domain = "night"
+  assert demo.builder_config_for(c).name == "s48_l6_u20_v11_seed0_night"
+  first = next(demo.load_demo_split(c, "labeled").as_numpy_iterator())
+  np.testing.assert_array_equal(
+      first["label"], demo.generate_scene("labeled", 0, image_size=48, seed=0,
+                                          domain="night").label)
+  with pytest.raises(ValueError, match="Unknown digit-scenes domain 'dusk'"):
+    demo.domain_spec("dusk")
+
+
 # --- augmentation ops ---------------------------------------------------------------------
 
 _RNG = np.random.RandomState(0)

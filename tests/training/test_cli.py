@@ -129,7 +129,7 @@ def test_bad_input_stops_with_one_paragraph_and_changes_nothing(earlier_run, tmp
         "'data.crop_size' must be at least model.output_stride (16)",
         "'data.labeled_per_device' must be positive, got 0"]),
       ("labels outside the classes", train("--config.data.num_classes=5"), 1,
-       ["'data.num_classes' is 5 but dataset 'demo' has 11 classes"]),
+       ["'data.num_classes' is 5 but the demo's 'day' domain has 11 classes"]),
       ("dataset not prepared", train("--config.data.name=cityscapes",
                                      "--config.data.num_classes=19"), 1,
        ["needs the prepared TFDS files of cityscapes", "python -m ddfp_jax.data.prepare"]),
