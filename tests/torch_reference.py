@@ -23,9 +23,12 @@ import math
 import warnings
 
 import numpy as np
+from flax import traverse_util
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ddfp_jax.interop import names
 
 LAYOUTS = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3)),
            101: ("bottleneck", (3, 4, 23, 3))}
@@ -330,3 +333,34 @@ def nchw(x):
 def numpy_state_dict(module):
   """A module's state dict as NumPy arrays (copies)."""
   return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+
+def record_batch_sizes(torch_model):
+  """Pixels x batch seen by each BatchNorm that updates its statistics in a forward."""
+  sizes, handles = {}, []
+  for name, m in torch_model.named_modules():
+    if isinstance(m, nn.BatchNorm2d):
+      def hook(module, inputs, name=name):
+        if not (isinstance(module, MixBatchNorm2d) and module.use_aux):
+          sizes[name] = inputs[0].numel() // inputs[0].shape[1]
+      handles.append(m.register_forward_pre_hook(hook))
+  return sizes, handles
+
+
+def compare_running_stats(new_stats, torch_model, old_state, sizes, kind="segmentation"):
+  """Max relative error of every running mean / variance (variance per the biased rule)."""
+  new_state = numpy_state_dict(torch_model)
+  worst = 0.0
+  for key, ours in traverse_util.flatten_dict(new_stats).items():
+    name = names.torch_name("batch_stats", key, kind)
+    theirs, old = new_state[name], old_state[name]
+    module = name.rsplit(".", 1)[0]
+    if name.endswith("running_var") and module in sizes:
+      n = sizes[module]
+      theirs = 0.9 * old + (theirs - 0.9 * old) * (n - 1) / n
+    if module in sizes:
+      assert not np.allclose(theirs, old), name  # the statistics did move
+    else:
+      np.testing.assert_array_equal(theirs, old)
+    worst = max(worst, rel_err(ours, theirs))
+  return worst

@@ -14,6 +14,12 @@ is dropped.
   BatchNorm's auxiliary set under `.aux_bn`, and `final`), e.g. the `model_state` (student)
   or `teacher_state` of the release's `ckpt.pth`.
 
+A third layout, kind "drn" (not detected: no config takes it yet), is fyu/drn's DRN-D
+(`drn_d_22-4bd2f8ea.pth` ...; `ddfp_jax.models.drn`): `layer0.0/.1` (7x7 conv, BN),
+conv-unit layers `layer1`, `layer2`, `layer7`, `layer8` as Sequentials of conv, BN, ReLU
+(`layer7.0`, `layer7.1`, `layer7.3`, ...), residual layers `layer3` ... `layer6` with the
+ResNet block names above, and the ImageNet classifier `fc.*` (a 1x1 conv), dropped.
+
 BatchNorm weight / bias / running_mean / running_var are scale / bias / mean / var;
 `num_batches_tracked` is dropped. The architecture (depth, stem, width, classes) is read
 from the keys and shapes, so that a file converts without being told what it holds.
@@ -22,9 +28,11 @@ from the keys and shapes, so that a file converts without being told what it hol
 import re
 from typing import Any, Dict, Mapping, Sequence
 
+from ddfp_jax.models.drn import CONV_UNIT_LAYERS
 from ddfp_jax.models.resnet import RESNET_LAYOUTS
 
-KINDS = ("backbone", "segmentation")
+KINDS = ("backbone", "segmentation")  # what a file for `config.model.pretrained` holds
+DRN_KIND = "drn"  # the third layout, converted by `pretrained.convert_drn_state_dict`
 COLLECTIONS = ("params", "batch_stats")
 _BACKBONE_DROPPED = ("fc.weight", "fc.bias")  # the ImageNet classifier
 
@@ -41,6 +49,8 @@ _DECODER = {"head_conv": "head.0", "head_bn": "head.1", "low_conv": "low_conv.0"
 _ASPP = {"pool_conv": "conv1.1", "pool_bn": "conv1.2", "conv1x1_conv": "conv2.0",
          "conv1x1_bn": "conv2.1"}
 _MIXED_BN = {"main": "", "aux": ".aux_bn"}
+# A DRN conv unit's place in its layer's Sequential of (conv, BN, ReLU) triples.
+_CONV_UNIT = {"conv": 0, "bn": 1}
 _LEAVES = {("params", "kernel"): "weight", ("params", "bias"): "bias",
            ("params", "scale"): "weight", ("batch_stats", "mean"): "running_mean",
            ("batch_stats", "var"): "running_var"}
@@ -87,17 +97,29 @@ def _decoder_module(path: Sequence[str]) -> str:
   raise ValueError(f"no PyTorch name for decoder module {'/'.join(path)}")
 
 
+def _drn_module(path: Sequence[str]) -> str:
+  unit = re.fullmatch(r"layer(\d+)_(\d+)", path[0]) if len(path) == 2 else None
+  if unit and int(unit[1]) not in CONV_UNIT_LAYERS:
+    return _backbone_module(path)
+  if unit and path[1] in _CONV_UNIT:
+    return f"layer{unit[1]}.{3 * int(unit[2]) + _CONV_UNIT[path[1]]}"
+  raise ValueError(f"no PyTorch name for DRN module {'/'.join(path)}")
+
+
 def torch_name(collection: str, path: Sequence[str], kind: str) -> str:
   """PyTorch state-dict key of the Flax leaf `collection/path`.
 
-  `path` is relative to a `ResNet` for kind "backbone" and to a `DeepLabV3Plus` for kind
-  "segmentation"; e.g. ("params", ("backbone", "layer3_5", "downsample_bn", "scale"),
-  "segmentation") -> "encoder.layer3.5.downsample.1.weight".
+  `path` is relative to a `ResNet` for kind "backbone", to a `DeepLabV3Plus` for kind
+  "segmentation" and to a `DRN` for kind "drn"; e.g. ("params", ("backbone", "layer3_5",
+  "downsample_bn", "scale"), "segmentation") -> "encoder.layer3.5.downsample.1.weight",
+  ("batch_stats", ("layer7_0", "bn", "var"), "drn") -> "layer7.1.running_var".
   """
   *module, leaf = path
   suffix = _LEAVES[(collection, leaf)]
   if kind == "backbone":
     prefix = _backbone_module(module)
+  elif kind == DRN_KIND:
+    prefix = _drn_module(module)
   elif module[0] == "backbone":
     prefix = "encoder." + _backbone_module(module[1:])
   else:
@@ -107,10 +129,10 @@ def torch_name(collection: str, path: Sequence[str], kind: str) -> str:
 
 def is_dropped(key: str, kind: str) -> bool:
   """Whether the PyTorch tensor `key` maps to nothing on purpose (`num_batches_tracked`;
-  for a backbone, the ImageNet classifier `fc.*`) rather than being unexpected."""
+  for a backbone or a DRN, the ImageNet classifier `fc.*`) rather than being unexpected."""
   if key == "num_batches_tracked" or key.endswith(".num_batches_tracked"):
     return True
-  return kind == "backbone" and key in _BACKBONE_DROPPED
+  return kind in ("backbone", DRN_KIND) and key in _BACKBONE_DROPPED
 
 
 def strip_module_prefix(state_dict: Mapping[str, Any]) -> Dict[str, Any]:

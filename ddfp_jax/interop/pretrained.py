@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddfp_jax.interop.names import (COLLECTIONS, KINDS, StateDictMismatch,
+from ddfp_jax.interop.names import (COLLECTIONS, DRN_KIND, KINDS, StateDictMismatch,
                                     describe_architecture, detect_kind, encoder_state_dict,
                                     infer_architecture, is_dropped, strip_module_prefix,
                                     torch_name)
@@ -38,8 +38,8 @@ def _torch_shape(flax_key: Tuple[str, ...], shape: Tuple[int, ...]) -> Tuple[int
 
 def _convert(state_dict: Mapping[str, Any], target: PyTree, kind: str,
              source: str) -> Tuple[PyTree, List[str]]:
-  if kind not in KINDS:
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  if kind not in KINDS + (DRN_KIND,):
+    raise ValueError(f"kind must be one of {KINDS + (DRN_KIND,)}, got {kind!r}")
   state_dict = strip_module_prefix(state_dict)
   flat_target = traverse_util.flatten_dict({c: target[c] for c in COLLECTIONS})
   expected = {torch_name(key[0], key[1:], kind): key for key in flat_target}
@@ -85,6 +85,20 @@ def convert_state_dict(state_dict: Mapping[str, Any], target: PyTree, kind: str,
       `fc.*`), or a shape differs.
   """
   return _convert(state_dict, target, kind, source)[0]
+
+
+def convert_drn_state_dict(state_dict: Mapping[str, Any], target: PyTree,
+                           source: str = "the state dict") -> PyTree:
+  """fyu/drn's DRN-D state dict (`drn_d_22-4bd2f8ea.pth` ..., `module.` prefix or not) ->
+  Flax variables {"params", "batch_stats"} of a `ddfp_jax.models.drn.DRN` shaped like
+  `target` (its variables or their `jax.eval_shape`), as float32 NumPy arrays.
+
+  As strict as `convert_state_dict`: the ImageNet classifier `fc.*` and
+  `num_batches_tracked` are dropped, anything else the model lacks, misses or shapes
+  differently raises one `StateDictMismatch` (so a file of another depth or width, or of
+  DRN-C, is refused).
+  """
+  return _convert(state_dict, target, DRN_KIND, source)[0]
 
 
 def target_shapes(arch: Mapping[str, Any], kind: str) -> PyTree:

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
 torch = pytest.importorskip("torch")
 
@@ -89,43 +88,12 @@ def test_segmentation_model_matches_in_inference(segmentation):
   assert ref.rel_err(v_pert, ref.nhwc(v_clean_ref)) > 0.1
 
 
-def _record_batch_sizes(torch_model):
-  """Pixels x batch seen by each BatchNorm that updates its statistics in a forward."""
-  sizes, handles = {}, []
-  for name, m in torch_model.named_modules():
-    if isinstance(m, torch.nn.BatchNorm2d):
-      def hook(module, inputs, name=name):
-        if not (isinstance(module, ref.MixBatchNorm2d) and module.use_aux):
-          sizes[name] = inputs[0].numel() // inputs[0].shape[1]
-      handles.append(m.register_forward_pre_hook(hook))
-  return sizes, handles
-
-
-def _compare_running_stats(new_stats, torch_model, old_state, sizes, kind="segmentation"):
-  """Max relative error of every running mean / variance (variance per the biased rule)."""
-  new_state = ref.numpy_state_dict(torch_model)
-  worst = 0.0
-  for key, ours in traverse_util.flatten_dict(new_stats).items():
-    name = names.torch_name("batch_stats", key, kind)
-    theirs, old = new_state[name], old_state[name]
-    module = name.rsplit(".", 1)[0]
-    if name.endswith("running_var") and module in sizes:
-      n = sizes[module]
-      theirs = 0.9 * old + (theirs - 0.9 * old) * (n - 1) / n
-    if module in sizes:
-      assert not np.allclose(theirs, old), name  # the statistics did move
-    else:
-      np.testing.assert_array_equal(theirs, old)
-    worst = max(worst, ref.rel_err(ours, theirs))
-  return worst
-
-
 def test_training_mode_batchnorm_matches(segmentation):
   torch_model, model, variables = segmentation
   torch_model = copy.deepcopy(torch_model).train()  # dropout is 0: only BN changes
   x = _image(seed=1)
   old_state = ref.numpy_state_dict(torch_model)
-  sizes, handles = _record_batch_sizes(torch_model)
+  sizes, handles = ref.record_batch_sizes(torch_model)
   with torch.no_grad():
     logits_ref = torch_model(ref.nchw(x))
   logits, updates = jax.jit(lambda v, x: model.apply(v, x, True, mutable=["batch_stats"]))(
@@ -133,7 +101,7 @@ def test_training_mode_batchnorm_matches(segmentation):
   assert ref.rel_err(logits, ref.nhwc(logits_ref)) <= TOL
   assert sizes["decoder.aspp.conv1.2"] == 2  # pooled branch: n / (n - 1) = 2
   assert "decoder.classifier.1.aux_bn" not in sizes
-  assert _compare_running_stats(updates["batch_stats"], torch_model, old_state, sizes) <= TOL
+  assert ref.compare_running_stats(updates["batch_stats"], torch_model, old_state, sizes) <= TOL
 
   for h in handles:
     h.remove()
@@ -145,7 +113,7 @@ def test_training_mode_auxiliary_batchnorm_matches(segmentation):
   torch_model = copy.deepcopy(torch_model).train()
   u = np.random.RandomState(2).randn(2, 15, 11, 38).astype(np.float32)
   old_state = ref.numpy_state_dict(torch_model)
-  sizes, handles = _record_batch_sizes(torch_model)
+  sizes, handles = ref.record_batch_sizes(torch_model)
   with torch.no_grad():
     v_ref = torch_model.features(ref.nchw(u), perturbed=True)
   for h in handles:
@@ -154,7 +122,7 @@ def test_training_mode_auxiliary_batchnorm_matches(segmentation):
                                                 mutable=["batch_stats"]))(variables, u)
   assert ref.rel_err(v, ref.nhwc(v_ref)) <= TOL
   assert sorted(sizes) == ["decoder.classifier.1.aux_bn", "decoder.classifier.5.aux_bn"]
-  assert _compare_running_stats(updates["batch_stats"], torch_model, old_state, sizes) <= TOL
+  assert ref.compare_running_stats(updates["batch_stats"], torch_model, old_state, sizes) <= TOL
 
 
 def test_torchvision_layout_backbone_matches():
