@@ -8,16 +8,13 @@ Examples are named by their canonical id `<city>/<city>_<seq>_<frame>` (see
 `ddfp_jax.data.splits`) so that split lists can select them, and are written in sorted
 name order; the builder's metadata records that order per split (`example_names`).
 """
-from typing import Dict, List
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from cityscapesscripts.helpers import labels as cs_labels
 
-from ddfp_jax.data.errors import layout_error
-from ddfp_jax.data.segmentation_info import (ExampleFiles, FilesBuilder, find_paired_files,
-                                             label_coding)
+from ddfp_jax.data.segmentation_info import (FilesBuilder, label_coding,
+                                             paired_files_layout)
 
 NUM_CLASSES = 19
 IGNORE_LABEL = 255
@@ -110,35 +107,15 @@ def read_train_ids(label_path: str) -> np.ndarray:
   return LABELS.read(label_path)
 
 
-def _layout_error(root: str, problem: str):
-  return layout_error("Cityscapes", root, problem, EXPECTED_LAYOUT, PREPARE_HELP)
-
-
-def find_examples(root: str) -> Dict[str, List[ExampleFiles]]:
-  """The image/label files of each builder split under `root`, sorted by name.
-
-  Raises:
-    LayoutError: (one paragraph) if a folder is missing, a split has no images, or an
-      image has no label file.
-  """
-  return find_paired_files(root, FOLDERS, IMAGE_SUFFIX, LABEL_SUFFIX, "city", _layout_error)
-
-
-def check_layout(root: str) -> Dict[str, int]:
-  """Checks the extracted files under `root`; returns the number of examples per split.
-
-  Raises:
-    LayoutError: with a one-paragraph message naming `root`, the expected layout, what is
-      missing and how to prepare the data.
-  """
-  return {split: len(files) for split, files in find_examples(root).items()}
+# The examples of each split, paired by name and sorted, and their counts (see
+# `paired_files_layout`).
+find_examples, check_layout = paired_files_layout(
+    "Cityscapes", FOLDERS, IMAGE_SUFFIX, LABEL_SUFFIX, "city", EXPECTED_LAYOUT, PREPARE_HELP)
 
 
 class DdfpCityscapes(FilesBuilder):
   """Cityscapes fine annotations: 2975 train and 500 validation images, 19 classes."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Log in at https://www.cityscapes-dataset.com/downloads/ and download "
       "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip. Extract both into one "
@@ -146,8 +123,5 @@ class DdfpCityscapes(FilesBuilder):
       "gtFine/{train,val}/<city>/.")
   HOMEPAGE = "https://www.cityscapes-dataset.com"
 
-  def _find_examples(self, root):
-    return find_examples(root)
-
-  def _read_label(self, path):
-    return read_train_ids(path)
+  _find_examples = staticmethod(find_examples)
+  _read_label = staticmethod(read_train_ids)

@@ -6,6 +6,7 @@ each by its canonical id (`ddfp_jax.data.splits`), writes them in sorted-id orde
 records that order in its metadata. A dataset module supplies only what is its own: where
 the files are (`find_examples`) and how its label PNGs encode the classes (`LabelCoding`).
 """
+import functools
 import os
 import sys
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
@@ -15,7 +16,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from ddfp_jax.data.errors import (LabelError, LayoutError, are_missing, describe_directory,
-                                  first_few)
+                                  first_few, layout_error)
 
 IGNORE_LABEL = 255
 
@@ -180,15 +181,43 @@ def _image_files(folder: str, suffix: str, nested: bool) -> List[Tuple[str, str]
           for f in sorted(os.listdir(os.path.join(folder, sub))) if f.endswith(suffix)]
 
 
+def example_counts(find_examples: Callable[..., Dict[str, List[ExampleFiles]]]
+                   ) -> Callable[..., Dict[str, int]]:
+  """The `check_layout(root, ...)` of a dataset module from its `find_examples`.
+
+  `check_layout` checks the extracted files under `root` and returns the number of
+  examples per split; like `find_examples`, it raises a one-paragraph `LayoutError` naming
+  `root`, the expected layout, what is missing and how to prepare the data.
+  """
+  def check_layout(root: str, *args) -> Dict[str, int]:
+    return {split: len(files) for split, files in find_examples(root, *args).items()}
+  return check_layout
+
+
+def paired_files_layout(dataset: str, folders: Mapping[str, Tuple[str, str]],
+                        image_suffix: str, label_suffix: str, subfolder: Optional[str],
+                        expected: str, how_to_get: str):
+  """`(find_examples, check_layout)` of a dataset whose labels sit in folders of their own
+  beside the images' (`find_paired_files`); `dataset`, `expected` and `how_to_get` make
+  its one-paragraph `LayoutError`s (`errors.layout_error`)."""
+  error = functools.partial(layout_error, dataset, expected=expected, how_to_get=how_to_get)
+  find_examples = functools.partial(find_paired_files, folders=folders,
+                                    image_suffix=image_suffix, label_suffix=label_suffix,
+                                    subfolder=subfolder, layout_error=error)
+  return find_examples, example_counts(find_examples)
+
+
 class FilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A builder of the file pairs under the manual dir; a dataset's builder subclasses it.
 
-  Subclasses set VERSION, RELEASE_NOTES, MANUAL_DOWNLOAD_INSTRUCTIONS, HOMEPAGE,
-  IMAGE_FORMAT (of the stored image bytes, which are not re-encoded) and define
-  `_find_examples(root)` -> {split: [ExampleFiles]} and `_read_label(path)` -> (H, W)
-  uint8. The description is the docstring of the subclass's module.
+  Subclasses set MANUAL_DOWNLOAD_INSTRUCTIONS, HOMEPAGE, IMAGE_FORMAT (of the stored image
+  bytes, which are not re-encoded) and define `_find_examples(root)` -> {split:
+  [ExampleFiles]} and `_read_label(path)` -> (H, W) uint8. The description is the
+  docstring of the subclass's module.
   """
 
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
   HOMEPAGE = ""
   IMAGE_FORMAT = "png"
 

@@ -27,6 +27,7 @@ RGB. `SegmentationClassAug` PNGs are 8-bit grayscale indices (mode "L").
 Examples are named by their image id and written in sorted id order; the builder's
 metadata records that order per split.
 """
+import functools
 import os
 from typing import Dict, List, Optional
 
@@ -35,7 +36,8 @@ import tensorflow_datasets as tfds
 
 from ddfp_jax.data import splits
 from ddfp_jax.data.errors import are_missing, describe_directory, first_few, layout_error
-from ddfp_jax.data.segmentation_info import ExampleFiles, FilesBuilder, label_coding
+from ddfp_jax.data.segmentation_info import (ExampleFiles, FilesBuilder, example_counts,
+                                             label_coding)
 
 NUM_CLASSES = 21
 IGNORE_LABEL = 255
@@ -92,8 +94,9 @@ EXPECTED_LAYOUT = (
     "blended set SegmentationClassAug/<id>.png in it or in DIR")
 
 
-def _layout_error(root: str, problem: str):
-  return layout_error("Pascal VOC 2012", root, problem, EXPECTED_LAYOUT, PREPARE_HELP)
+# (root, problem) -> the one-paragraph LayoutError
+_layout_error = functools.partial(layout_error, "Pascal VOC 2012", expected=EXPECTED_LAYOUT,
+                                  how_to_get=PREPARE_HELP)
 
 
 def find_aug_dir(root: str) -> Optional[str]:
@@ -172,21 +175,13 @@ def find_examples(root: str, config: str) -> Dict[str, List[ExampleFiles]]:
   return examples
 
 
-def check_layout(root: str, config: str) -> Dict[str, int]:
-  """Checks the extracted files for `config`; returns the number of examples per split.
-
-  Raises:
-    LayoutError: with a one-paragraph message naming `root`, the expected layout, what is
-      missing and how to prepare the data.
-  """
-  return {split: len(files) for split, files in find_examples(root, config).items()}
+# check_layout(root, config): the number of examples per split of `config`.
+check_layout = example_counts(find_examples)
 
 
 class DdfpVoc(FilesBuilder):
   """Pascal VOC 2012 segmentation, classic (1464) or blended with SBD (10582); 21 classes."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="classic", description="train: the 1464 train.txt "
                               "images with SegmentationClass labels."),
@@ -205,5 +200,4 @@ class DdfpVoc(FilesBuilder):
   def _find_examples(self, root):
     return find_examples(root, self.builder_config.name)
 
-  def _read_label(self, path):
-    return read_class_indices(path)
+  _read_label = staticmethod(read_class_indices)
