@@ -8,23 +8,19 @@ Examples are named by their canonical id `<city>/<city>_<seq>_<frame>` (see
 `ddfp_jax.data.splits`) so that split lists can select them, and are written in sorted
 name order; the builder's metadata records that order per split (`example_names`).
 """
-import os
-from typing import Dict, List, NamedTuple
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from cityscapesscripts.helpers import labels as cs_labels
-from PIL import Image
 
-from ddfp_jax.data.errors import LayoutError, describe_directory, first_few
-from ddfp_jax.data.segmentation_info import (generate_examples, record_names,
-                                             segmentation_info)
+from ddfp_jax.data.segmentation_info import (FilesBuilder, label_coding,
+                                             paired_files_layout)
 
 NUM_CLASSES = 19
 IGNORE_LABEL = 255
-# builder split -> folder name under leftImg8bit/ and gtFine/
-SPLIT_DIRS = {"train": "train", "validation": "val"}
+# builder split -> (image folder, label folder)
+FOLDERS = {"train": ("leftImg8bit/train", "gtFine/train"),
+           "validation": ("leftImg8bit/val", "gtFine/val")}
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 
@@ -94,114 +90,38 @@ def map_label_ids(label_ids):
   return np.where(inside, TRAIN_ID_LUT[np.clip(ids, 0, 255)], IGNORE_LABEL).astype(np.uint8)
 
 
+LABELS = label_coding(
+    {label_id: TRAIN_ID_LUT[label_id] for label_id in KNOWN_LABEL_IDS}, "Cityscapes labelIds",
+    "Cityscapes label id (0..33)",
+    "Use the *_gtFine_labelIds.png files of gtFine_trainvaltest.zip unchanged.")
+
+
 def read_train_ids(label_path: str) -> np.ndarray:
   """The train-id map (H, W) uint8 of a `*_gtFine_labelIds.png`.
 
   Raises:
-    LayoutError: if the file is not an 8-bit single-channel image of raw label ids, or
-      holds values that are no label id (e.g. a colour or instance PNG put in its place).
+    LayoutError: if the file is not a single-channel image of raw label ids.
+    LabelError: if it holds values that are no label id (e.g. a colour or instance PNG
+      put in its place).
   """
-  with Image.open(label_path) as image:
-    mode = image.mode
-    ids = np.asarray(image)
-  if ids.ndim != 2 or ids.dtype != np.uint8:
-    raise LayoutError(f"{label_path} is not a Cityscapes labelIds image: expected an 8-bit "
-                      f"single-channel PNG of raw label ids, got mode {mode!r} with shape "
-                      f"{ids.shape}. Use the *_gtFine_labelIds.png files of "
-                      "gtFine_trainvaltest.zip unchanged.")
-  present = np.flatnonzero(np.bincount(ids.ravel(), minlength=256))
-  unknown = [int(v) for v in present if int(v) not in KNOWN_LABEL_IDS]
-  if unknown:
-    raise LayoutError(f"{label_path} contains values {first_few(unknown, 8)}, which are no "
-                      "Cityscapes label id (0..33). Use the *_gtFine_labelIds.png files "
-                      "of gtFine_trainvaltest.zip unchanged.")
-  return TRAIN_ID_LUT[ids]
+  return LABELS.read(label_path)
 
 
-class ExampleFiles(NamedTuple):
-  name: str          # canonical id, <city>/<city>_<seq>_<frame>
-  image: str         # path of the leftImg8bit PNG
-  label: str         # path of the gtFine labelIds PNG
+# The examples of each split, paired by name and sorted, and their counts (see
+# `paired_files_layout`).
+find_examples, check_layout = paired_files_layout(
+    "Cityscapes", FOLDERS, IMAGE_SUFFIX, LABEL_SUFFIX, "city", EXPECTED_LAYOUT, PREPARE_HELP)
 
 
-def _layout_error(root: str, problem: str) -> LayoutError:
-  return LayoutError(f"Cityscapes was not found in {root}: {problem}. Expected "
-                     f"{EXPECTED_LAYOUT}, with DIR = {root}. {PREPARE_HELP}")
-
-
-def find_examples(root: str) -> Dict[str, List[ExampleFiles]]:
-  """The image/label files of each builder split under `root`, sorted by name.
-
-  Raises:
-    LayoutError: (one paragraph) if a folder is missing, a split has no images, or an
-      image has no label file.
-  """
-  root = os.fspath(root)
-  if not os.path.isdir(root):
-    raise _layout_error(root, "the directory does not exist")
-  needed = [os.path.join(top, d) for top in ("leftImg8bit", "gtFine")
-            for d in SPLIT_DIRS.values()]
-  missing = [d for d in needed if not os.path.isdir(os.path.join(root, d))]
-  if missing:
-    raise _layout_error(root, f"{', '.join(missing)} "
-                              f"{'is' if len(missing) == 1 else 'are'} missing "
-                              f"({describe_directory(root, 'it')})")
-  examples, lacking = {}, []
-  for split, folder in SPLIT_DIRS.items():
-    image_dir = os.path.join(root, "leftImg8bit", folder)
-    found = []
-    for city in sorted(os.listdir(image_dir)):
-      city_dir = os.path.join(image_dir, city)
-      if not os.path.isdir(city_dir):
-        continue
-      for file_name in sorted(os.listdir(city_dir)):
-        if not file_name.endswith(IMAGE_SUFFIX):
-          continue
-        stem = file_name[:-len(IMAGE_SUFFIX)]
-        label_rel = os.path.join("gtFine", folder, city, stem + LABEL_SUFFIX)
-        label = os.path.join(root, label_rel)
-        if not os.path.isfile(label):
-          lacking.append(label_rel)
-          continue
-        found.append(ExampleFiles(f"{city}/{stem}", os.path.join(city_dir, file_name), label))
-    if not found and not lacking:
-      raise _layout_error(root, f"leftImg8bit/{folder} holds no <city>/*{IMAGE_SUFFIX} "
-                                "images")
-    examples[split] = sorted(found)
-  if lacking:
-    raise _layout_error(root, f"{len(lacking)} images have no label file; missing: "
-                              f"{first_few(lacking)}")
-  return examples
-
-
-def check_layout(root: str) -> Dict[str, int]:
-  """Checks the extracted files under `root`; returns the number of examples per split.
-
-  Raises:
-    LayoutError: with a one-paragraph message naming `root`, the expected layout, what is
-      missing and how to prepare the data.
-  """
-  return {split: len(files) for split, files in find_examples(root).items()}
-
-
-class DdfpCityscapes(tfds.core.GeneratorBasedBuilder):
+class DdfpCityscapes(FilesBuilder):
   """Cityscapes fine annotations: 2975 train and 500 validation images, 19 classes."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Log in at https://www.cityscapes-dataset.com/downloads/ and download "
       "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip. Extract both into one "
       "directory, the manual_dir, so that it holds leftImg8bit/{train,val}/<city>/ and "
       "gtFine/{train,val}/<city>/.")
+  HOMEPAGE = "https://www.cityscapes-dataset.com"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return segmentation_info(self, "png", "https://www.cityscapes-dataset.com", __doc__)
-
-  def _split_generators(self, dl_manager):
-    examples = find_examples(os.fspath(dl_manager.manual_dir))
-    record_names(self.info, examples)
-    return {split: self._generate_examples(files) for split, files in examples.items()}
-
-  def _generate_examples(self, files: List[ExampleFiles]):
-    return generate_examples(files, read_train_ids)
+  _find_examples = staticmethod(find_examples)
+  _read_label = staticmethod(read_train_ids)

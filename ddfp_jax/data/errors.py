@@ -32,6 +32,21 @@ def first_few(names, limit: int = 5) -> str:
   return shown
 
 
+def layout_error(dataset: str, root: str, problem: str, expected: str, how_to_get: str
+                 ) -> LayoutError:
+  """The one-paragraph error of a dataset builder that cannot use the files under `root`:
+  what is wrong, the layout it expects (with the manual dir called DIR) and how to get
+  the files."""
+  return LayoutError(f"{dataset} was not found in {root}: {problem}. Expected {expected}, "
+                     f"with DIR = {root}. {how_to_get}")
+
+
+def are_missing(names) -> str:
+  """"a is missing" or "a, b are missing"."""
+  names = list(names)
+  return f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} missing"
+
+
 def describe_directory(path: str, subject: str) -> str:
   """What `path` holds, for a layout message: "<subject> holds a, b, ...", "<subject> is
   empty" or "<subject> cannot be listed"."""

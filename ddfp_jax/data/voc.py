@@ -27,17 +27,17 @@ RGB. `SegmentationClassAug` PNGs are 8-bit grayscale indices (mode "L").
 Examples are named by their image id and written in sorted id order; the builder's
 metadata records that order per split.
 """
+import functools
 import os
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from ddfp_jax.data import splits
-from ddfp_jax.data.errors import LayoutError, describe_directory, first_few
-from ddfp_jax.data.segmentation_info import (generate_examples, record_names,
-                                             segmentation_info)
+from ddfp_jax.data.errors import are_missing, describe_directory, first_few, layout_error
+from ddfp_jax.data.segmentation_info import (ExampleFiles, FilesBuilder, example_counts,
+                                             label_coding)
 
 NUM_CLASSES = 21
 IGNORE_LABEL = 255
@@ -72,39 +72,20 @@ def color_palette(num: int = 256) -> np.ndarray:
   return palette
 
 
+LABELS = label_coding(
+    {**{c: c for c in range(NUM_CLASSES)}, IGNORE_LABEL: IGNORE_LABEL}, "VOC label",
+    f"VOC class index (0..{NUM_CLASSES - 1}, or {IGNORE_LABEL} for boundaries)",
+    "Use the original SegmentationClass / SegmentationClassAug files.")
+
+
 def read_class_indices(label_path: str) -> np.ndarray:
   """The class-index map (H, W) uint8 of a VOC or SBD-aug label PNG.
 
-  Values other than 0..20 and 255 raise an error instead of being mapped to ignore: they
-  only come from a wrong file (colour-rendered, resized with interpolation, another
-  dataset), and ignoring them would silently drop supervision from every affected pixel.
-
   Raises:
-    LayoutError: naming the file, if it is not a palette/grayscale index image or holds
-      values outside 0..20 and 255.
+    LayoutError: naming the file, if it is not a palette/grayscale index image.
+    LabelError: naming the file, if it holds values outside 0..20 and 255.
   """
-  with Image.open(label_path) as image:
-    mode = image.mode
-    if mode not in ("P", "L"):
-      raise LayoutError(f"{label_path} is a {mode!r} image; VOC labels must be palette "
-                        "('P') or 8-bit grayscale ('L') PNGs of class indices. Use the "
-                        "original SegmentationClass / SegmentationClassAug files.")
-    # For mode "P" this is the palette index of every pixel, i.e. the class.
-    indices = np.asarray(image)
-  present = np.flatnonzero(np.bincount(indices.ravel(), minlength=256))
-  bad = [int(v) for v in present if v >= NUM_CLASSES and v != IGNORE_LABEL]
-  if bad:
-    raise LayoutError(f"{label_path} contains values {first_few(bad, 8)} that are no VOC "
-                      f"class index (0..{NUM_CLASSES - 1}, or {IGNORE_LABEL} for "
-                      "boundaries). Use the original SegmentationClass / "
-                      "SegmentationClassAug files.")
-  return indices
-
-
-class ExampleFiles(NamedTuple):
-  name: str          # image id
-  image: str         # path of the JPEG
-  label: str         # path of the label PNG
+  return LABELS.read(label_path)
 
 
 EXPECTED_LAYOUT = (
@@ -113,9 +94,9 @@ EXPECTED_LAYOUT = (
     "blended set SegmentationClassAug/<id>.png in it or in DIR")
 
 
-def _layout_error(root: str, problem: str) -> LayoutError:
-  return LayoutError(f"Pascal VOC 2012 was not found in {root}: {problem}. Expected "
-                     f"{EXPECTED_LAYOUT}, with DIR = {root}. {PREPARE_HELP}")
+# (root, problem) -> the one-paragraph LayoutError
+_layout_error = functools.partial(layout_error, "Pascal VOC 2012", expected=EXPECTED_LAYOUT,
+                                  how_to_get=PREPARE_HELP)
 
 
 def find_aug_dir(root: str) -> Optional[str]:
@@ -160,8 +141,7 @@ def find_examples(root: str, config: str) -> Dict[str, List[ExampleFiles]]:
   if config == "blended" and aug_dir is None:
     missing.append(f"{AUG_DIRNAME} (in {VOC_SUBDIR} or in {root})")
   if missing:
-    raise _layout_error(root, f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
-                              f"missing in {voc}")
+    raise _layout_error(root, f"{are_missing(missing)} in {voc}")
 
   val_ids = splits.read_split_list(os.path.join(voc, sets, "val.txt"), "pascal")
   if config == "classic":
@@ -195,21 +175,13 @@ def find_examples(root: str, config: str) -> Dict[str, List[ExampleFiles]]:
   return examples
 
 
-def check_layout(root: str, config: str) -> Dict[str, int]:
-  """Checks the extracted files for `config`; returns the number of examples per split.
-
-  Raises:
-    LayoutError: with a one-paragraph message naming `root`, the expected layout, what is
-      missing and how to prepare the data.
-  """
-  return {split: len(files) for split, files in find_examples(root, config).items()}
+# check_layout(root, config): the number of examples per split of `config`.
+check_layout = example_counts(find_examples)
 
 
-class DdfpVoc(tfds.core.GeneratorBasedBuilder):
+class DdfpVoc(FilesBuilder):
   """Pascal VOC 2012 segmentation, classic (1464) or blended with SBD (10582); 21 classes."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
       tfds.core.BuilderConfig(name="classic", description="train: the 1464 train.txt "
                               "images with SegmentationClass labels."),
@@ -222,15 +194,10 @@ class DdfpVoc(tfds.core.GeneratorBasedBuilder):
       "which then holds VOCdevkit/VOC2012/. For the blended config also put the "
       "SBD-derived SegmentationClassAug folder (label PNGs of the 10582-image set and of "
       "val) in manual_dir/VOCdevkit/VOC2012/ or in manual_dir/.")
+  HOMEPAGE = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/"
+  IMAGE_FORMAT = "jpeg"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return segmentation_info(self, "jpeg", "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
-                             __doc__)
+  def _find_examples(self, root):
+    return find_examples(root, self.builder_config.name)
 
-  def _split_generators(self, dl_manager):
-    examples = find_examples(os.fspath(dl_manager.manual_dir), self.builder_config.name)
-    record_names(self.info, examples)
-    return {split: self._generate_examples(files) for split, files in examples.items()}
-
-  def _generate_examples(self, files: List[ExampleFiles]):
-    return generate_examples(files, read_class_indices)
+  _read_label = staticmethod(read_class_indices)

@@ -21,7 +21,7 @@ from ddfp_jax.data import prepare
 from ddfp_jax.data import real_datasets
 from ddfp_jax.data import splits
 from ddfp_jax.data import voc
-from ddfp_jax.data.errors import DatasetError, LayoutError, SplitError
+from ddfp_jax.data.errors import DatasetError, LabelError, LayoutError, SplitError
 import paths
 
 SHARED_SPLITS = paths.SHARED / "splits"
@@ -146,7 +146,7 @@ def test_cityscapes_builder_reads_the_files_and_maps_labels(cityscapes_root, dat
 def test_cityscapes_label_files_with_foreign_values_are_rejected(tmp_path):
   bad = tmp_path / "x_000000_000000_gtFine_labelIds.png"
   _save_png(bad, np.array([[7, 40], [26, 200]], np.uint8))
-  with pytest.raises(LayoutError, match=r"values 40, 200"):
+  with pytest.raises(LabelError, match=r"values 40, 200"):
     cityscapes.read_train_ids(str(bad))
   rgb = tmp_path / "rgb.png"
   _save_png(rgb, np.zeros((2, 2, 3), np.uint8))
@@ -163,8 +163,8 @@ def test_prepare_stops_at_a_label_file_with_foreign_values(tmp_path):
     _save_png(root / "gtFine" / folder / city / f"{stem}_gtFine_labelIds.png",
               np.full(CS_SHAPE, 40 if folder == "val" else 7, np.uint8))
   data_dir = str(tmp_path / "tfds")
-  with pytest.raises(LayoutError, match=r"lindau_000000_000019_gtFine_labelIds\.png contains "
-                                        r"values 40"):
+  with pytest.raises(LabelError, match=r"lindau_000000_000019_gtFine_labelIds\.png contains "
+                                       r"values 40"):
     real_datasets.prepare("cityscapes", str(root), data_dir)
   assert not real_datasets.is_prepared("cityscapes", data_dir)
 
@@ -249,7 +249,7 @@ def test_voc_out_of_range_labels_raise_naming_file_and_values(tmp_path):
   path = tmp_path / "2007_000032.png"
   _save_png(path, np.array([[0, 21], [254, 255]], np.uint8),
             palette=voc.color_palette())
-  with pytest.raises(LayoutError, match=r"2007_000032\.png contains values 21, 254"):
+  with pytest.raises(LabelError, match=r"2007_000032\.png contains values 21, 254"):
     voc.read_class_indices(str(path))
   colour = tmp_path / "colour.png"
   _save_png(colour, voc.color_palette()[np.array([[0, 15]])])
@@ -264,7 +264,7 @@ def test_prepare_stops_at_an_out_of_range_voc_label(voc_root, tmp_path):
   bad = copy / "VOCdevkit" / "VOC2012" / "SegmentationClass" / f"{VOC_VAL[0]}.png"
   _save_png(bad, np.full(VOC_SHAPE, 30, np.uint8), palette=voc.color_palette())
   data_dir = str(tmp_path / "tfds")
-  with pytest.raises(LayoutError, match=rf"{VOC_VAL[0]}\.png contains values 30 "):
+  with pytest.raises(LabelError, match=rf"{VOC_VAL[0]}\.png contains values 30 "):
     real_datasets.prepare("pascal", str(copy), data_dir)
   assert not real_datasets.is_prepared("pascal", data_dir)
 
