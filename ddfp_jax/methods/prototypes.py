@@ -171,9 +171,10 @@ def draw_indices(key: Array, pools: Pools, hard_pools: Pools, unit_prototypes: A
 
 # Up to this many pixels per negative, the anchors' similarities to every pixel are one
 # matmul and the negatives' are picked from it; beyond, the negatives' representations
-# are gathered (Q x M x D). Measured on a 2-core CPU at D = 64, 256 x 512 draws (value
-# and gradient, 11 classes): N = 4096 dense 65 ms / gather 410 ms, 16 384: 168 / 444,
-# 65 536: 693 / 595. The two give the same loss and gradient (tests).
+# are gathered (Q x M x D). The two give the same loss and gradient (tests); which is
+# faster is measured by `python -m benchmarks.prototype_contrast` (results/
+# prototype_contrast_*.md: on a 2-core CPU at D = 64 the matmul wins up to N of a few
+# ten thousand, the demo's 4096 included).
 DENSE_PIXELS_PER_NEGATIVE = 32
 
 

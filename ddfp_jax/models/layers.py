@@ -12,7 +12,7 @@ Conventions that matter for parity with the PyTorch release:
 - Parameters are float32; `dtype` is the compute dtype (bfloat16 or float32). Flax
   BatchNorm reduces its statistics in float32 whatever the compute dtype.
 """
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -55,6 +55,7 @@ class Conv(nn.Module):
   use_bias: bool = False
   dtype: Dtype = jnp.float32
   atrous_impl: str = "dilated"
+  kernel_init: Callable = conv_kernel_init
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -62,7 +63,7 @@ class Conv(nn.Module):
       raise ValueError(f"model.atrous_impl must be one of {ATROUS_IMPLS}, got "
                        f"{self.atrous_impl!r}.")
     k = self.kernel_size
-    kernel = self.param("kernel", conv_kernel_init, (k, k, x.shape[-1], self.features),
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
                         jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if k == 1:
