@@ -36,6 +36,27 @@ def test_representation_labels_are_the_softmax_of_cosines_zero_prototypes_at_zer
                              0.0)
 
 
+@pytest.mark.parametrize("k", [11, 19, 21])
+def test_representation_confidence_never_reaches_the_unsup_threshold(k):
+  """c_rep is a softmax of cosines at tau = 0.5: at most e^2 / (e^2 + (K - 1) e^-2)
+  (a pixel on its prototype, every other prototype opposite), 0.85 / 0.75 / 0.73 for
+  K = 11 / 19 / 21, below delta_s = 0.8 (VOC, Cityscapes) and delta_u = 0.97: the bound
+  docs/methods.md draws its conclusions from."""
+  bound = np.e ** 2 / (np.e ** 2 + (k - 1) * np.e ** -2)
+  d = 4
+  best = np.zeros((k, d))
+  best[0, 0], best[1:, 0] = 1.0, -1.0               # the extreme case: reached
+  rs = np.random.RandomState(k)
+  protos = np.concatenate([best[None], rs.randn(50, k, d)])
+  rep = np.concatenate([np.eye(d)[:1], rs.randn(50, d)])
+  conf = np.array([float(pt.representation_labels(jnp.asarray(r[None], jnp.float32),
+                                                  jnp.asarray(p, jnp.float32), 0.5)[0][0])
+                   for r, p in zip(rep, protos)])
+  assert conf[0] == pytest.approx(bound, rel=1e-5)
+  assert np.all(conf <= bound + 1e-6)
+  assert bound < 0.97 and (k == 11 or bound < 0.8)
+
+
 def test_mix_keeps_agreeing_pixels_only():
   logit = np.array([[0, 1, 2], [3, 3, 1]])
   rep = np.array([[0, 2, 2], [1, 3, 1]])
