@@ -108,3 +108,19 @@ def test_pmap_psum_of_confusion_is_the_global_count():
                              valid.reshape(-1))
   for d in range(n):
     np.testing.assert_array_equal(out[d], expected)
+
+
+def test_an_extra_prediction_column_counts_as_a_false_negative_only():
+  """USSS's "None" output (index K of K + 1): a pixel predicted None lowers its true
+  class's IoU (its union grows by one) and no other class's."""
+  label = np.array([[0, 0, 1, 1, 2, 2]])
+  pred = np.array([[0, 3, 1, 1, 2, 0]])          # one "None" (3) on a class-0 pixel
+  conf = np.asarray(metrics.confusion_matrix(pred, label, 3, num_predictions=4))
+  assert conf.shape == (3, 4) and conf[0, 3] == 1 and conf.sum() == 6
+  _, iou = metrics.iou_from_confusion(conf)
+  # class 0: TP 1, FN 1 (None) + FP 1 (a class-2 pixel predicted 0): 1/3; class 1: 1;
+  # class 2: TP 1, FN 1: 1/2. Without the None pixel class 0 would be 1/2.
+  np.testing.assert_allclose(iou, [1 / 3, 1.0, 1 / 2])
+  assert metrics.pixel_accuracy(conf) == 4 / 6
+  square = np.asarray(metrics.confusion_matrix(pred, label, 3))   # None dropped
+  assert square.sum() == 5
