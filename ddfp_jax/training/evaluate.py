@@ -182,21 +182,26 @@ def _add_windows(logits_fn, image, canvas, h: int, w: int, group: List[Window],
 def make_predict_step(model: nn.Module,
                       heads: Optional[Mapping[str, Callable]] = None, *,
                       window: Optional[int] = None, stride: Optional[int] = None,
-                      window_batch: int = 0, grid: str = "release"
+                      window_batch: int = 0, grid: str = "release",
+                      domain: Optional[int] = None
                       ) -> Callable[..., Dict[str, jax.Array]]:
   """Builds the per-device prediction step that evaluation and `ddfp_jax.predict` share.
 
   Args:
-    model: a `DeepLabV3Plus`; run in inference mode (running BN statistics, no dropout).
+    model: a `DeepLabV3Plus`, or with `domain` a `MultiDomainSegmenter`; run in
+      inference mode (running BN statistics, no dropout).
     heads: a method's extra heads, {name: head(head_state, v) -> class scores} on the
-      clean features v (main BatchNorm), e.g. DDFP's FlowGMM ("flow"). The heads run only
-      when the step also receives their state.
+      clean features v (main BatchNorm), e.g. DDFP's FlowGMM ("flow"); with `domain`, v
+      is the shared encoder's output. The heads run only when the step also receives
+      their state.
     window: None predicts the whole image at once. Otherwise the side of the square
       sliding windows (`sliding_window_scores`); the heads' scores are summed over the
       same windows.
     stride: distance between window starts; None: `window_stride(window, 2 / 3)`.
     window_batch: windows per forward pass, 0 for all windows of a shape at once.
     grid: window placement rule, "release" or "shifted" (`window_spans`).
+    domain: None for a single-domain model; else the index of the `MultiDomainSegmenter`
+      head that scores the images (USSS: an image of domain d is read from head d).
 
   Returns:
     `predict_step(variables, head_state, image, size=None) -> {"model": (B, H, W) int32,
@@ -215,9 +220,13 @@ def make_predict_step(model: nn.Module,
     extra_heads = heads if head_state is not None else {}
 
     def scores(x):
-      u = model.apply(variables, x, False, method="encode")
-      v = model.apply(variables, u, False, method="features")
-      logits = {"model": model.apply(variables, v, method="classify")}
+      if domain is None:
+        u = model.apply(variables, x, False, method="encode")
+        v = model.apply(variables, u, False, method="features")
+        logits = {"model": model.apply(variables, v, method="classify")}
+      else:
+        v = model.apply(variables, x, False, method="encode")
+        logits = {"model": model.apply(variables, v, domain, method="classify")}
       for name, head in extra_heads.items():
         logits[name] = head(head_state, v)
       return logits
@@ -237,7 +246,8 @@ def make_predict_step(model: nn.Module,
 def make_eval_step(model: nn.Module, num_classes: int,
                    heads: Optional[Mapping[str, Callable]] = None,
                    axis_name: Optional[str] = "batch",
-                   ignore_label: int = 255, **predict_kwargs
+                   ignore_label: int = 255, num_predictions: Optional[int] = None,
+                   **predict_kwargs
                    ) -> Callable[[Any, Any, Batch], Dict[str, jax.Array]]:
   """Builds the per-device evaluation step: `make_predict_step`'s class maps, counted.
 
@@ -246,10 +256,14 @@ def make_eval_step(model: nn.Module, num_classes: int,
     num_classes: K.
     axis_name: the pmap axis to psum over; None for a plain single-device call.
     ignore_label: label value that is never counted.
-    **predict_kwargs: `window`, `stride`, `window_batch`, `grid` of `make_predict_step`.
+    num_predictions: P, the model's output channels when it has more than K (USSS's
+      "None" channel: such predictions count as false negatives of their true class
+      only, `metrics.confusion_matrix`); None for K.
+    **predict_kwargs: `window`, `stride`, `window_batch`, `grid`, `domain` of
+      `make_predict_step`.
 
   Returns:
-    `eval_step(variables, head_state, batch) -> {"confusion": (K, K) int32, and
+    `eval_step(variables, head_state, batch) -> {"confusion": (K, P) int32, and
     "<name>_confusion" for each head}`; `batch` holds "image" (B, H, W, 3) float32,
     "label" (B, H, W) int and optionally "valid" (B,) bool.
   """
@@ -260,7 +274,7 @@ def make_eval_step(model: nn.Module, num_classes: int,
     preds = predict_step(variables, head_state, batch["image"], label.shape[1:3])
     out = {("confusion" if key == "model" else f"{key}_confusion"):
            metrics.confusion_matrix(pred, label, num_classes, ignore_label,
-                                    batch.get("valid"))
+                                    batch.get("valid"), num_predictions)
            for key, pred in preds.items()}
     if axis_name is not None:
       out = jax.lax.psum(out, axis_name)

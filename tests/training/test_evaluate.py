@@ -112,3 +112,47 @@ def test_eval_step_without_axis_runs_unmapped(setup):
   assert int(out["confusion"].sum()) == int(((labels[0] >= 0) & (labels[0] < K)).sum())
 
 
+
+
+def test_multi_domain_evaluation_reads_each_domain_from_its_head_with_none_as_fn():
+  """USSS: an image of domain d is scored by head d (K_d + 1 channels); a pixel predicted
+  as the extra "None" channel is a false negative of its true class, nothing else."""
+  from ddfp_jax.models import multi_domain as md   # pylint: disable=import-outside-toplevel
+  rng = np.random.RandomState(1)
+  images = rng.randn(6, 24, 24, 3).astype(np.float32)
+  classes = (3, 4)
+  model = md.MultiDomainSegmenter(md.build_encoder("drn", drn_depth=22, width=1 / 8),
+                                  num_classes=classes, embedding_dim=8, none_class=True)
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(0),
+                                                                   images[:2])
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def logits_of(x, d, params):
+    f = model.apply({**variables, "params": params}, x, False, method="encode")
+    return resize_bilinear(model.apply({**variables, "params": params}, f, d,
+                                       method="classify"), (24, 24))
+
+  for d, k in enumerate(classes):
+    # Shift the None channel's bias so that it wins on about a third of the pixels.
+    logits = np.asarray(logits_of(images, d, variables["params"]))
+    margin = logits[..., k] - logits[..., :k].max(-1)
+    params = jax.tree.map(np.array, variables["params"])
+    params[f"head_{d}"]["bias"][k] -= np.quantile(margin, 2 / 3)
+    pred = np.argmax(np.asarray(logits_of(images, d, params)), -1)
+    assert 0.2 < np.mean(pred == k) < 0.5
+    labels = rng.choice(np.r_[np.arange(k), 255], size=pred.shape).astype(np.int32)
+    keep = labels != 255
+    conf = np.zeros((k, k + 1), np.int64)
+    np.add.at(conf, (labels[keep], pred[keep]), 1)
+    tp = np.diag(conf[:, :k])
+    want_iou = tp / (conf[:, :k].sum(0) + conf.sum(1) - tp)   # FN includes "None"
+
+    step = evaluation.make_eval_step(model, k, axis_name="batch", domain=d,
+                                     num_predictions=k + 1)
+    p_step = jax.pmap(step, axis_name="batch", in_axes=(None, None, 0),
+                      devices=jax.local_devices()[:2])
+    out = evaluation.evaluate(p_step, {**variables, "params": params},
+                              evaluation.padded_batches(images, labels, 2, 2), None)
+    np.testing.assert_array_equal(out["confusion"], conf)
+    np.testing.assert_allclose(out["per_class_iou"], want_iou, rtol=1e-12)
+    assert out["miou"] == pytest.approx(np.mean(want_iou))
