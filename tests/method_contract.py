@@ -1,8 +1,8 @@
 """The contract run of a method: what the method tests of this folder read.
 
 `ContractRun(name)` trains method `name` of `ddfp_jax.methods.METHODS` through every phase
-of its run (on 2 devices; unless `light`, its last phase also on 1 and a step after a
-checkpoint round trip) and keeps what it saw, so that many tests read one compiled run.
+of its run (on 2 devices; unless `light`, its last phase's steps also on 1, and a step
+after a checkpoint round trip) and keeps what it saw, so that many tests read one compiled run.
 tests/methods/conftest.py serves it as the fixture `contract_run`.
 """
 import jax
@@ -26,20 +26,29 @@ SPLIT_INVARIANT = {
 }
 
 
-# What a method needs of the tiny setting beyond its defaults: DGCL's projection head,
-# and a class memory that fills in one step (every class's ~50 pixels of a step), so
-# the contrastive loss runs in the second step of its last phase; CSS's representation
-# head and fewer draws. CSS draws anchors and negatives by index into per-class pools, so
-# one pixel whose pseudo label or threshold test flips by float rounding between 1 and
-# 2 devices moves many draws to neighbouring pixels: here every valid pixel is an anchor
-# (delta_s = 1), L_u keeps every pseudo label (delta_u = 0), and L_c and the prototypes
-# see the labeled pixels only (delta_w = 1), whose labels cannot flip. Its gradient is
-# 2-3x the other methods' (three losses over two forward passes), so at the tiny LR
-# (0.05) float32 reordering in the stem's sums grows past 1e-5 within the two compared
-# steps; at 0.02 it stays at the others' level.
+# What a method needs of the tiny setting beyond its defaults.
+# DGCL: a class memory that fills in one step (every class's ~50 pixels of a step), so
+# the contrastive loss runs in the second step of its last phase. DGCL chooses pixels by
+# density rank, and a rank flip between two near-equal densities (float rounding differs
+# between 1 and 2 devices) sends the gradient through other pixels: every pixel of a
+# class is an anchor (num_anchors above the pixel count) and the memory's positives are
+# all its rows (num_positives = memory_size), which leaves only the batch's positives
+# ranked (their gradient is stopped; a flip among them moves the update by about 3e-4
+# of its size, tests/methods/test_method_contract.py). The projection is 32 wide: at 8
+# (its hidden width too) a pixel whose 8 hidden units are all off has a zero
+# representation, and l2 normalisation's derivative there is 1 / eps, which blew the
+# second step's gradient norm up to 5e9 once that pixel was an anchor.
+# CSS: its representation head and fewer draws. CSS draws anchors and negatives by index
+# into per-class pools, so one pixel whose pseudo label or threshold test flips by float
+# rounding between 1 and 2 devices moves many draws to neighbouring pixels: here every
+# valid pixel is an anchor (delta_s = 1), L_u keeps every pseudo label (delta_u = 0), and
+# L_c and the prototypes see the labeled pixels only (delta_w = 1), whose labels cannot
+# flip. Its gradient is 2-3x the other methods' (three losses over two forward passes),
+# so at the tiny LR (0.05) float32 reordering in the stem's sums grows past 1e-5 within
+# the two compared steps; at 0.02 it stays at the others' level.
 METHOD_SETTINGS = {
-    "dgcl": {"model.projection_dim": 8, "dgcl.memory_size": 40,
-             "dgcl.memory_per_class": 40, "dgcl.num_anchors": 16, "dgcl.num_positives": 8,
+    "dgcl": {"model.projection_dim": 32, "dgcl.memory_size": 40,
+             "dgcl.memory_per_class": 40, "dgcl.num_anchors": 10_000, "dgcl.num_positives": 40,
              "dgcl.num_negatives": 32},
     "css": {"model.projection_dim": 8, "model.projection_on": "decoder_input",
             "css.num_queries": 16, "css.num_negatives": 32, "css.hard_threshold": 1.0,
@@ -82,14 +91,18 @@ class ContractRun:
     self.final_2 = s2
     if light:
       return
-    # The last phase (every branch of the method) again on one device, from the state
-    # before it: two steps, so that the first update's effects are compared too.
-    before_last = self.steps[-2][1]
-    s1 = replicate(jax.device_get(before_last), devices[:1])
-    for _ in range(2):
-      s1, m1 = p1(s1, batch1, self.phases[-1])
-    self.final_1 = s1
-    self.split = (jax.device_get(self.steps[-1][3]), jax.device_get(m1))
+    # The last phase's two steps (every branch of the method) again on one device, each
+    # from the same state as its 2-device step: the second step sees the memory / pools
+    # the first wrote. Each step starts from a common state because the methods choose
+    # pixels by rank (DGCL's lowest-density anchors, highest-density positives): a
+    # state carried over from a step computed in another summation order can reorder
+    # two near-equal densities and send the gradient through other pixels, which is the
+    # selection's discontinuity, not a dependence on the split.
+    # (state before, 2-device metrics, 1-device metrics, 2-device state, 1-device state)
+    self.split = []
+    for phase, before, after, metrics in self.steps[-2:]:
+      s1, m1 = p1(replicate(jax.device_get(before), devices[:1]), batch1, phase)
+      self.split.append((before, metrics, jax.device_get(m1), after, s1))
     # Saved and restored into a fresh process's target (the initial state: the optimiser
     # is the same object, so the compiled step is reused): the next step must be the
     # same, bit for bit.

@@ -46,21 +46,28 @@ def test_nonfinite_step_keeps_the_state_bit_identical(contract_run):
 
 def test_one_and_two_devices_give_the_same_losses_and_parameters(contract_run):
   run, name = contract_run, contract_run.name
-  m2, m1 = run.split
-  assert set(m1) == set(m2)
-  for key in m2:
-    # Losses to 1e-5; norms and shares, sums of more reordered terms, to 1e-4.
-    rel = 1e-5 if key.startswith("loss") else 1e-4
-    assert float(m1[key]) == pytest.approx(float(m2[key]), rel=rel, abs=1e-6), key
-  # After two updates the parameters agree to float32 rounding of reordered sums.
-  for part in ("params", "batch_stats", "teacher_params", "teacher_batch_stats"):
-    diff = max_abs_diff(getattr(run.final_1, part), getattr(run.final_2, part))
-    assert diff < 1e-5, (part, diff)
-  for a, b in zip(leaves(run.final_1.extra), leaves(run.final_2.extra)):
-    # DGCL's memory stores network features (up to ~2) computed with the updated
-    # parameters: the same absolute 1e-5 per unit of their scale.
-    scale = max(1.0, float(np.max(np.abs(b)))) if name == "dgcl" and b.size else 1.0
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+  for step, (before, m2, m1, final_2, final_1) in enumerate(run.split):
+    assert set(m1) == set(m2)
+    for key in m2:
+      # Losses to 1e-5; norms and shares, sums of more reordered terms, to 1e-4.
+      rel = 1e-5 if key.startswith("loss") else 1e-4
+      assert float(m1[key]) == pytest.approx(float(m2[key]), rel=rel, abs=1e-6), (step, key)
+    # After the update the parameters agree to float32 rounding of reordered sums. DGCL's
+    # contrastive step ranks its batch positives by density (tests/method_contract.py):
+    # a rank flip moves the update by about 3e-4 of its size, so there the bound is 1e-3
+    # of the update; a split that scaled or dropped a device's share of the gradient
+    # would differ by a large part of it.
+    bound = 1e-5
+    if name == "dgcl" and m2["memory_fill"] == 1.0 and float(m2["loss_contrast"]) > 0:
+      bound = max(bound, 1e-3 * max_abs_diff(final_2.params, before.params))
+    for part in ("params", "batch_stats", "teacher_params", "teacher_batch_stats"):
+      diff = max_abs_diff(getattr(final_1, part), getattr(final_2, part))
+      assert diff < bound, (step, part, diff, bound)
+    for a, b in zip(leaves(final_1.extra), leaves(final_2.extra)):
+      # DGCL's memory stores network features (up to ~2) computed with the updated
+      # parameters: the same absolute 1e-5 per unit of their scale.
+      scale = max(1.0, float(np.max(np.abs(b)))) if name == "dgcl" and b.size else 1.0
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_ema_teacher_moves_by_exactly_one_minus_m_of_the_gap(contract_run):
