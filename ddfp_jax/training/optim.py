@@ -2,7 +2,8 @@
 
 Student: SGD, momentum 0.9, weight decay 1e-4 added to the gradient before momentum (as
 PyTorch's SGD does, on every parameter), poly decay per step, and a larger LR for the
-decoder (x10 on VOC in the release). Flow: Adam(0.5, 0.9) after global-norm clipping at 50,
+decoder (x10 on VOC in the release): every parameter outside the pretrained trunk
+(`models.param_groups.is_backbone`). Flow: Adam(0.5, 0.9) after global-norm clipping at 50,
 LR multiplied by final_lr_ratio^(1 / epochs) after every epoch (the release's StepLR).
 
 Schedules are pure functions of the global step (the student updates on every step, so
@@ -13,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+from ddfp_jax.models import param_groups
 
 
 def global_labeled_batch(config: ml_collections.ConfigDict) -> int:
@@ -72,7 +75,8 @@ def student_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransf
   return optax.multi_transform(
       {"backbone": group(1.0), "decoder": group(optim.decoder_lr_mult)},
       lambda params: flax.traverse_util.path_aware_map(
-          lambda path, _: "backbone" if path[0] == "backbone" else "decoder", params))
+          lambda path, _: "backbone" if param_groups.is_backbone(path) else "decoder",
+          params))
 
 
 def flow_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
