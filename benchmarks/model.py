@@ -4,7 +4,7 @@ with the PyTorch reference model and flow timed side by side.
     PYTHONPATH=. python -m benchmarks.model                       # paper shapes: 513, 4+4
     PYTHONPATH=. python -m benchmarks.model --shapes paper_769    # Cityscapes: 769, 4+4
     PYTHONPATH=. python -m benchmarks.model --shapes cpu --torch  # CPU-sized, with PyTorch
-    PYTHONPATH=. python -m benchmarks.model --benchmarks aspp,aspp_undilated,aspp_space_to_batch
+    PYTHONPATH=. python -m benchmarks.model --benchmarks aspp,aspp_space_to_batch,aspp_shifted,aspp_undilated
     PYTHONPATH=. python -m benchmarks.model --profile /tmp/ddfp_trace   # + a jax.profiler trace
 
 Every benchmark runs on ONE device with the per-device batch of the shapes (B = labeled +
@@ -14,6 +14,7 @@ unlabeled images; the paper: 4 + 4 per GPU):
   aspp                 ASPP forward + backward (train-mode BN) on the stride-16 features of B
                        images; dilations 6/12/18 as a dilated-kernel convolution.
   aspp_space_to_batch  the same ASPP with model.atrous_impl = "space_to_batch".
+  aspp_shifted         the same ASPP with model.atrous_impl = "shifted".
   aspp_undilated       the same convolutions with dilation 1: the floor the two above are
                        compared with (same FLOPs, no dilation).
   decoder              forward + backward from the backbone outputs: ASPP, projections,

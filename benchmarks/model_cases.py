@@ -45,7 +45,8 @@ SHAPES: Dict[str, Shapes] = {
                    note="the demo: ResNet-18 at 1/4 width, stride 8, crop 64, 8+8"),
 }
 
-ALL_BENCHMARKS = ("backbone", "aspp", "aspp_space_to_batch", "aspp_undilated", "decoder",
+ALL_BENCHMARKS = ("backbone", "aspp", "aspp_space_to_batch", "aspp_shifted", "aspp_undilated",
+                  "decoder",
                   "model_forward", "model_train", "flow", "perturbation", "train_step")
 FLOAT32_ONLY = ("flow", "perturbation")
 TORCH_BENCHMARKS = ("model_forward", "model_train", "flow")
@@ -151,6 +152,10 @@ def make_aspp(shapes, dtype):
 
 def make_aspp_space_to_batch(shapes, dtype):
   return _aspp(shapes, dtype, atrous_impl="space_to_batch")
+
+
+def make_aspp_shifted(shapes, dtype):
+  return _aspp(shapes, dtype, atrous_impl="shifted")
 
 
 def make_aspp_undilated(shapes, dtype):

@@ -88,7 +88,7 @@ def choices() -> Dict[str, Tuple]:
       "data.eval_window_grid": protocols.GRID_RULES,
       "model.depth": tuple(sorted(resnet.RESNET_LAYOUTS)),
       "model.output_stride": tuple(sorted(resnet.DILATE_STAGES)),
-      "model.atrous_impl": layers.ATROUS_IMPLS,
+      "model.atrous_impl": (*layers.ATROUS_IMPLS, "auto"),
       "model.dtype": tuple(builders.DTYPES),
       "model.decoder": deeplab.DECODERS,
       "model.projection_on": deeplab.PROJECTION_INPUTS,

@@ -96,9 +96,12 @@ def get_config() -> ml_collections.ConfigDict:
   model.width = 1.0
   model.output_stride = 16
   model.aspp_rates = (6, 12, 18)
-  # How ASPP computes its dilated convolutions: "dilated" | "space_to_batch" (same result
-  # and parameters; ddfp_jax/models/layers.py ATROUS_IMPLS, benchmarks/model.py measures both).
-  model.atrous_impl = "dilated"
+  # How ASPP and the dilated backbone stages compute their dilated convolutions: "dilated"
+  # | "space_to_batch" | "shifted" (same result and parameters; ddfp_jax/models/layers.py
+  # ATROUS_IMPLS; benchmarks/model.py measures them), or "auto": the one known fastest on
+  # the backend, else timed once at start-up (ddfp_jax/models/atrous_choice.py; the
+  # trainer logs the choice and writes it to the workdir's atrous_impl.json).
+  model.atrous_impl = "auto"
   # Last backbone stage's dilation grid, one factor per block: () none, (2, 2, 4) DGCL's.
   model.multi_grid = ()
   model.mixed_bn = True               # classifier-block BNs with DDFP's auxiliary set

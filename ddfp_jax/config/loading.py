@@ -30,6 +30,10 @@ def load(config_file: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 # out of the fingerprint, so a finished run stays reusable whatever they are (and runs
 # from before a key existed keep their fingerprint).
 NOT_FINGERPRINTED = ("train.num_images",)
+# Keys that choose how the same numbers are computed (as the device does): every value
+# enters the fingerprint as the one given here, so runs that differ only in them share a
+# fingerprint, and runs from before the other values existed keep theirs.
+SAME_NUMBERS = {"model.atrous_impl": "dilated"}
 # Keys added after runs were fingerprinted, with the value that gives the behaviour from
 # before they existed: left out while they hold it, so earlier runs keep their
 # fingerprint (and stay reusable), and any other value still makes another run.
@@ -49,20 +53,30 @@ def _added_with_default():
 
 def fingerprint(config: ml_collections.ConfigDict) -> str:
   """A short hash of every value of `config` (but `NOT_FINGERPRINTED`, and
-  `ADDED_WITH_DEFAULT` keys at their default): two runs with the same fingerprint (seed
-  included) are the same run."""
+  `ADDED_WITH_DEFAULT` keys at their default; `SAME_NUMBERS` keys as one value): two runs
+  with the same fingerprint (seed included) are the same run."""
   values = config.to_dict()
+  for key, canonical in SAME_NUMBERS.items():
+    node, leaf = _parent(values, key)
+    if leaf in node:
+      node[leaf] = canonical
   dropped = {key: None for key in NOT_FINGERPRINTED}
   dropped.update(_added_with_default())
   for key, default in dropped.items():
-    *parents, leaf = key.split(".")
-    node = values
-    for parent in parents:
-      node = node.get(parent, {})
+    node, leaf = _parent(values, key)
     if leaf in node and (key in NOT_FINGERPRINTED or _same(node[leaf], default)):
       del node[leaf]
   text = json.dumps(values, sort_keys=True, default=repr)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _parent(values: dict, key: str):
+  """(the dict that holds dotted `key`'s leaf, the leaf's name); {} if a parent is absent."""
+  *parents, leaf = key.split(".")
+  node = values
+  for parent in parents:
+    node = node.get(parent, {})
+  return node, leaf
 
 
 def _same(value, default) -> bool:

@@ -4,6 +4,7 @@ from typing import Optional
 import jax.numpy as jnp
 import ml_collections
 
+from ddfp_jax.models import atrous_choice
 from ddfp_jax.models.deeplab import DeepLabV3Plus
 from ddfp_jax.models.density import FeatureDensity
 
@@ -26,7 +27,7 @@ def build_model(config: ml_collections.ConfigDict,
       output_stride=m.output_stride,
       width=m.width,
       aspp_rates=tuple(m.aspp_rates),
-      atrous_impl=m.atrous_impl,
+      atrous_impl=atrous_choice.resolve(config).impl,
       multi_grid=tuple(m.multi_grid),
       mixed_bn=m.mixed_bn,
       decoder=m.decoder,

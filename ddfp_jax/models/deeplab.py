@@ -81,7 +81,8 @@ class DeepLabV3Plus(nn.Module):
     width: channel multiplier for backbone *and* decoder (1.0 is the real model; tests use
       small values).
     aspp_rates: ASPP dilations at output stride 16 (6, 12, 18).
-    atrous_impl: how ASPP computes its dilated convolutions (`layers.ATROUS_IMPLS`).
+    atrous_impl: how ASPP and the backbone's dilated stages compute their dilated
+      convolutions (`layers.ATROUS_IMPLS`).
     multi_grid: the last backbone stage's dilation grid (`ResNet.multi_grid`).
     mixed_bn: the classifier block's BatchNorms carry DDFP's auxiliary set.
     decoder: "ddfp" (the release's: 3x3 ASPP projection, two-conv classifier block) or
@@ -125,7 +126,7 @@ class DeepLabV3Plus(nn.Module):
     self.backbone = ResNet(depth=self.depth, deep_stem=self.deep_stem, width=self.width,
                            output_stride=self.output_stride,
                            multi_grid=tuple(self.multi_grid), axis_name=self.axis_name,
-                           dtype=self.dtype)
+                           dtype=self.dtype, atrous_impl=self.atrous_impl)
     self.aspp = ASPP(features=w(256), rates=tuple(self.aspp_rates), axis_name=self.axis_name,
                      dtype=self.dtype, atrous_impl=self.atrous_impl)
     self.head_conv = conv(w(256), 1 if reco else 3, dtype=self.dtype)

@@ -58,11 +58,12 @@ class ConvBNReLU(nn.Module):
   dilation: int = 1
   axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
+  atrous_impl: str = "dilated"
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = conv(self.features, self.kernel_size, self.stride, self.dilation, dtype=self.dtype,
-             name="conv")(x)
+             atrous_impl=self.atrous_impl, name="conv")(x)
     return nn.relu(BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name="bn")(x, train))
 
 
@@ -74,11 +75,14 @@ class DRN(nn.Module):
     width: multiplier on every channel count (1.0 is the real model).
     axis_name: device axis over which BatchNorm statistics are synchronised in training.
     dtype: compute dtype; parameters stay float32.
+    atrous_impl: how the dilated layers compute their convolutions
+      (`layers.ATROUS_IMPLS`; the same parameters and outputs for each).
   """
   depth: int = 22
   width: float = 1.0
   axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
+  atrous_impl: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -86,7 +90,7 @@ class DRN(nn.Module):
       raise ValueError(f"DRN-D depth must be one of {sorted(DRN_LAYOUTS)}, got {self.depth}.")
     bottleneck, layout = DRN_LAYOUTS[self.depth]
     block_cls = Bottleneck if bottleneck else BasicBlock
-    common = dict(axis_name=self.axis_name, dtype=self.dtype)
+    common = dict(axis_name=self.axis_name, dtype=self.dtype, atrous_impl=self.atrous_impl)
 
     x = x.astype(self.dtype)
     in_planes = scaled(DRN_CHANNELS[0], self.width)

@@ -21,12 +21,16 @@ import numpy as np
 
 Dtype = Any
 
-# How `Conv` computes a dilated kernel; both give the same result from the same parameters.
-# "dilated": one convolution with a dilated kernel (XLA's rhs_dilation); "space_to_batch":
-# an undilated convolution of the input's polyphase components (`space_to_batch_conv`), for
-# backends that lower dilated kernels inefficiently. `python -m benchmarks.model
-# --benchmarks aspp,aspp_space_to_batch,aspp_undilated` says which is faster on a device.
-ATROUS_IMPLS = ("dilated", "space_to_batch")
+# How `Conv` computes a dilated kernel; all give the same result from the same parameters.
+# "dilated": one convolution with a dilated kernel (XLA's rhs_dilation), which XLA:GPU
+# legalises by materialising the zero-inserted kernel (a 3 x 3 kernel at rate 18 becomes
+# 37 x 37); "space_to_batch": an undilated convolution of the input's polyphase
+# components (`space_to_batch_conv`); "shifted": the k x k taps as matrix products of
+# shifted windows of the input, accumulated (`shifted_taps_conv`): no convolution at all,
+# forward or backward. The last two hold no dilated kernel on any backend (tests read the
+# compiled HLO). `python -m benchmarks.model --benchmarks
+# aspp,aspp_space_to_batch,aspp_shifted,aspp_undilated` says which is fastest on a device.
+ATROUS_IMPLS = ("dilated", "space_to_batch", "shifted")
 
 # Kaiming-normal, fan_out, ReLU gain: the release's initialisation of every conv.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -45,8 +49,9 @@ class Conv(nn.Module):
   about 20 % faster for it (docs/speed.md). On GPUs and TPUs both forms are matrix-unit
   work (not measured there yet).
 
-  `atrous_impl="space_to_batch"` computes a dilated stride-1 kernel by
-  `space_to_batch_conv` instead of a convolution with a dilated kernel (same numbers).
+  `atrous_impl="space_to_batch"` or `"shifted"` computes a dilated stride-1 kernel by
+  `space_to_batch_conv` or `shifted_taps_conv` instead of a convolution with a dilated
+  kernel (same numbers, same parameters).
   """
   features: int
   kernel_size: int = 3
@@ -68,10 +73,12 @@ class Conv(nn.Module):
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     if k == 1:
       y = pointwise_conv(x, kernel, self.stride)
-    elif self.dilation > 1 and self.atrous_impl == "space_to_batch":
+    elif self.dilation > 1 and self.atrous_impl != "dilated":
       if self.stride != 1:
-        raise ValueError("space_to_batch computes stride-1 dilated convolutions only.")
-      y = space_to_batch_conv(x, kernel, self.dilation)
+        raise ValueError(f"atrous_impl {self.atrous_impl!r} computes stride-1 dilated "
+                         "convolutions only.")
+      form = space_to_batch_conv if self.atrous_impl == "space_to_batch" else shifted_taps_conv
+      y = form(x, kernel, self.dilation)
     else:
       pad = self.dilation * (k // 2)
       y = jax.lax.conv_general_dilated(
@@ -131,6 +138,37 @@ def space_to_batch_conv(x: jnp.ndarray, kernel: jnp.ndarray, rate: int) -> jnp.n
   ho, wo, f = y.shape[1:]
   y = y.reshape(rate, rate, n, ho, wo, f).transpose(2, 3, 0, 4, 1, 5)
   return y.reshape(n, ho * rate, wo * rate, f)[:, :h, :w]
+
+
+def shifted_taps_conv(x: jnp.ndarray, kernel: jnp.ndarray, rate: int) -> jnp.ndarray:
+  """Stride-1 dilated convolution with zero padding `rate * (k // 2)` (as `conv`), computed
+  as the sum over the k x k taps of a matrix product: tap (i, j) multiplies the window of
+  the padded input that starts at (i rate, j rate) by kernel[i, j] (C x F).
+
+  Slices, pads and matrix products only: the gradients are the same (a slice's transpose
+  is a pad), so neither pass holds a convolution, let alone a dilated kernel. The products
+  are accumulated one tap at a time rather than over the k^2 windows concatenated on the
+  channels, which would hold a k^2 C-channel copy of the input. A tap whose window lies
+  wholly in the padding (rate >= the map's size) is zero and skipped. Arguments and
+  result as `space_to_batch_conv`'s.
+  """
+  _, h, w, _ = x.shape
+  k = kernel.shape[0]
+  pad = rate * (k // 2)
+  padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+  def reads_the_input(tap, size):   # rows [tap rate, tap rate + size) meet [pad, pad + size)
+    return tap * rate < pad + size and tap * rate + size > pad
+
+  y = None
+  for i in (i for i in range(k) if reads_the_input(i, h)):
+    for j in (j for j in range(k) if reads_the_input(j, w)):
+      window = jax.lax.slice_in_dim(
+          jax.lax.slice_in_dim(padded, i * rate, i * rate + h, axis=1),
+          j * rate, j * rate + w, axis=2)
+      tap = pointwise_conv(window, kernel[i:i + 1, j:j + 1])
+      y = tap if y is None else y + tap
+  return y
 
 
 class BatchNorm(nn.BatchNorm):

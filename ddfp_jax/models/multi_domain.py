@@ -97,10 +97,12 @@ class MultiDomainSegmenter(nn.Module):
 
 def build_encoder(name: str, *, drn_depth: int = 22, width: float = 1.0,
                   deeplab: Optional[DeepLabV3Plus] = None, axis_name: Optional[str] = None,
-                  dtype: Dtype = jnp.float32) -> nn.Module:
-  """The shared encoder `name` ("drn" | "deeplab", module docstring)."""
+                  dtype: Dtype = jnp.float32, atrous_impl: str = "dilated") -> nn.Module:
+  """The shared encoder `name` ("drn" | "deeplab", module docstring); `atrous_impl` is
+  the DRN's (the deeplab encoder's is its DeepLabV3Plus's own)."""
   if name == "drn":
-    return DRN(depth=drn_depth, width=width, axis_name=axis_name, dtype=dtype)
+    return DRN(depth=drn_depth, width=width, axis_name=axis_name, dtype=dtype,
+               atrous_impl=atrous_impl)
   if name == "deeplab":
     if deeplab is None:
       raise ValueError("the deeplab encoder needs its DeepLabV3Plus")

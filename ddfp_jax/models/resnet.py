@@ -49,14 +49,17 @@ class BasicBlock(nn.Module):
   downsample: bool = False
   axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
+  atrous_impl: str = "dilated"
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
     bn = lambda name, y: BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name=name)(y, train)
-    out = conv(self.planes, 3, self.stride, self.dilation, dtype=self.dtype, name="conv1")(x)
+    out = conv(self.planes, 3, self.stride, self.dilation, dtype=self.dtype,
+               atrous_impl=self.atrous_impl, name="conv1")(x)
     out = nn.relu(bn("bn1", out))
-    out = conv(self.planes, 3, 1, self.dilation, dtype=self.dtype, name="conv2")(out)
+    out = conv(self.planes, 3, 1, self.dilation, dtype=self.dtype,
+               atrous_impl=self.atrous_impl, name="conv2")(out)
     out = bn("bn2", out)
     if self.downsample:
       x = conv(self.planes, 1, self.stride, dtype=self.dtype, name="downsample_conv")(x)
@@ -72,6 +75,7 @@ class Bottleneck(nn.Module):
   downsample: bool = False
   axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
+  atrous_impl: str = "dilated"
   expansion = 4
 
   @nn.compact
@@ -79,7 +83,8 @@ class Bottleneck(nn.Module):
     bn = lambda name, y: BatchNorm(axis_name=self.axis_name, dtype=self.dtype, name=name)(y, train)
     out = conv(self.planes, 1, dtype=self.dtype, name="conv1")(x)
     out = nn.relu(bn("bn1", out))
-    out = conv(self.planes, 3, self.stride, self.dilation, dtype=self.dtype, name="conv2")(out)
+    out = conv(self.planes, 3, self.stride, self.dilation, dtype=self.dtype,
+               atrous_impl=self.atrous_impl, name="conv2")(out)
     out = nn.relu(bn("bn2", out))
     out = conv(self.planes * 4, 1, dtype=self.dtype, name="conv3")(out)
     out = bn("bn3", out)
@@ -101,6 +106,8 @@ class ResNet(nn.Module):
     multi_grid: () for none, else one factor per block of the last stage.
     axis_name: device axis over which BatchNorm statistics are synchronised in training.
     dtype: compute dtype; parameters stay float32.
+    atrous_impl: how the dilated stages compute their 3x3 convolutions
+      (`layers.ATROUS_IMPLS`; the same parameters and outputs for each).
   """
   depth: int = 101
   deep_stem: bool = True
@@ -109,6 +116,7 @@ class ResNet(nn.Module):
   multi_grid: Tuple[int, ...] = ()
   axis_name: Optional[str] = None
   dtype: Dtype = jnp.float32
+  atrous_impl: str = "dilated"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool, with_layer3: bool = False):
@@ -158,6 +166,7 @@ class ResNet(nn.Module):
             downsample=(i == 0 and (stride != 1 or in_planes != planes * block_cls.expansion)),
             axis_name=self.axis_name,
             dtype=self.dtype,
+            atrous_impl=self.atrous_impl,
             name=f"layer{stage + 1}_{i}",
         )(x, train)
         in_planes = planes * block_cls.expansion

@@ -15,6 +15,7 @@ Stops, each leaving the last complete checkpoint usable:
 - process 0 cannot prepare the dataset: every process raises (process 0 its own error,
   the others a `DatasetError` pointing at process 0's log) instead of waiting for it.
 """
+import dataclasses
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
-from ddfp_jax.models import builders
+from ddfp_jax.models import atrous_choice, builders, layers
 from ddfp_jax.training import preemption
 from ddfp_jax.config import presets
 from ddfp_jax.training.checkpoint import CheckpointError, Checkpointer
@@ -146,6 +147,26 @@ def ready_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   return resolve_schedule(config, pipeline.num_train_examples(config)[1], jax.device_count())
 
 
+def _choose_atrous_impl(config: ml_collections.ConfigDict,
+                        workdir: str) -> ml_collections.ConfigDict:
+  """The config with `model.atrous_impl = "auto"` replaced by the form this backend
+  computes fastest (`models.atrous_choice`), logged and written to the workdir. Every
+  process runs process 0's choice: the processes of a run must compile one program."""
+  choice = atrous_choice.resolve(config)
+  if jax.process_count() > 1:
+    index = multihost_utils.broadcast_one_to_all(
+        np.int32(layers.ATROUS_IMPLS.index(choice.impl)))
+    choice = dataclasses.replace(choice, impl=layers.ATROUS_IMPLS[int(index)])
+  if jax.process_index() == 0:
+    logging.info("%s", choice.describe())
+    atrous_choice.record(choice, workdir)
+  if config.model.atrous_impl == choice.impl:
+    return config
+  config = config.copy_and_resolve_references()
+  config.model.atrous_impl = choice.impl
+  return config
+
+
 def _average(history) -> Dict[str, float]:
   """Mean of each metric over the steps that report it: a window that spans a phase
   change mixes steps with and without, e.g., the flow's loss."""
@@ -223,6 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   evaluation metrics."""
   config = ready_config(config)
   os.makedirs(workdir, exist_ok=True)
+  config = _choose_atrous_impl(config, workdir)
   is_chief = jax.process_index() == 0
   # Only process 0 writes metrics (TensorBoard files and log lines): every metric is
   # already a mean over the global batch, the same in all processes.

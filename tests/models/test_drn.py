@@ -114,6 +114,11 @@ def test_inference_matches_torch_at_stride_8(converted):
   ours = jax.jit(lambda v, x: model.apply(v, x, False))(variables, x)
   assert ours.shape == (2, 9, 7, 64) == theirs.shape  # ceil(67 / 8), ceil(53 / 8), 512 / 8
   assert ref.rel_err(ours, theirs) <= TOL
+  # The dilated layers as shifted matrix products (layers.shifted_taps_conv): the same
+  # parameters, the same features.
+  shifted = DRN(depth=model.depth, width=WIDTH, atrous_impl="shifted")
+  assert ref.rel_err(jax.jit(lambda v, x: shifted.apply(v, x, False))(variables, x),
+                     theirs) <= TOL
 
   # The comparison sees each dilation: the same weights with one of them wrong give other
   # features.

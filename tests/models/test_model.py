@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ddfp_jax.models.deeplab import ASPP, DeepLabV3Plus
-from ddfp_jax.models.layers import conv, dropout2d, space_to_batch_conv
+from ddfp_jax.models.layers import conv, dropout2d, shifted_taps_conv, space_to_batch_conv
 from ddfp_jax.models.resnet import ResNet
 
 TINY = dict(depth=18, width=1 / 16)
@@ -211,22 +211,107 @@ def _numpy_dilated_conv(x, kernel, rate):
   return out
 
 
-@pytest.mark.parametrize("shape,rate", [((2, 13, 17, 3), 1), ((2, 13, 17, 3), 2),
-                                        ((1, 9, 9, 4), 3), ((2, 33, 33, 5), 6),
-                                        ((1, 17, 17, 2), 12), ((1, 17, 11, 2), 18)])
-def test_space_to_batch_conv_equals_the_dilated_convolution(shape, rate):
+def _numpy_dilated_conv_grads(x, kernel, rate, g):
+  """(dL/dx, dL/dkernel) of L = sum(g * conv(x, kernel)), float64, from the same taps: each
+  tap's window receives g @ kernel[i, j]^T, and kernel[i, j] the window^T @ g."""
+  k = kernel.shape[0]
+  pad = rate * (k // 2)
+  n, h, w, c = x.shape
+  xp = np.pad(x.astype(np.float64), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  dxp = np.zeros_like(xp)
+  dk = np.zeros(kernel.shape)
+  g = g.astype(np.float64)
+  for i in range(k):
+    for j in range(k):
+      rows, cols = slice(i * rate, i * rate + h), slice(j * rate, j * rate + w)
+      dxp[:, rows, cols] += g @ kernel[i, j].astype(np.float64).T
+      dk[i, j] = np.einsum("nhwc,nhwf->cf", xp[:, rows, cols], g)
+  return dxp[:, pad:pad + h, pad:pad + w], dk
+
+
+DILATED_CASES = [((2, 13, 17, 3), 1), ((2, 13, 17, 3), 2), ((1, 9, 9, 4), 3),
+                 ((2, 33, 33, 5), 6), ((1, 17, 17, 2), 12), ((1, 17, 11, 2), 18)]
+FORMS = {"space_to_batch": space_to_batch_conv, "shifted": shifted_taps_conv}
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("shape,rate", DILATED_CASES)
+def test_undilated_forms_equal_the_dilated_convolution_in_values_and_gradients(
+    form, shape, rate):
+  """Rates 1-18, maps smaller than the rate included (17 x 11 at 18: the outer taps read
+  only padding), against the float64 definition."""
   rng = np.random.RandomState(rate)
   x = rng.randn(*shape).astype(np.float32)
   kernel = rng.randn(3, 3, shape[-1], 4).astype(np.float32)
-  ours = jax.jit(space_to_batch_conv, static_argnums=2)(x, kernel, rate)
-  np.testing.assert_allclose(ours, _numpy_dilated_conv(x, kernel, rate), rtol=1e-5, atol=1e-5)
+  g = rng.randn(*shape[:3], 4).astype(np.float32)
+  fn = functools.partial(FORMS[form], rate=rate)
+  y, vjp = jax.vjp(fn, jnp.asarray(x), jnp.asarray(kernel))
+  np.testing.assert_allclose(y, _numpy_dilated_conv(x, kernel, rate), rtol=1e-5, atol=1e-5)
+  dx, dk = vjp(jnp.asarray(g))
+  want_dx, want_dk = _numpy_dilated_conv_grads(x, kernel, rate, g)
+  np.testing.assert_allclose(dx, want_dx, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(dk, want_dk, rtol=1e-5, atol=1e-3 * np.abs(want_dk).max())
 
 
-def test_aspp_space_to_batch_matches_dilated_in_values_and_gradients():
+@pytest.mark.parametrize("impl", ["space_to_batch", "shifted"])
+def test_undilated_forms_compile_without_a_dilated_kernel(impl):
+  """Forward and backward of a rate-6 Conv, as XLA:CPU compiled them: no convolution with
+  kernel (rhs) dilation, which XLA:GPU would legalise into a zero-inserted 13 x 13 kernel;
+  the "dilated" form, compiled the same way, has one (the check can fail)."""
+  x = jnp.ones((1, 20, 20, 4))
+
+  def compiled_hlo(atrous_impl):
+    layer = conv(8, 3, 1, 6, atrous_impl=atrous_impl)
+    params = layer.init(jax.random.key(0), x)
+
+    def loss(params, x):
+      return jnp.sum(jnp.sin(layer.apply(params, x)))
+    return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile().as_text()
+
+  assert "rhs_dilate" in compiled_hlo("dilated")
+  text = compiled_hlo(impl)
+  assert "rhs_dilate" not in text
+  if impl == "shifted":
+    assert "convolution(" not in text
+
+
+def test_whole_model_shifted_matches_dilated_and_compiles_without_dilated_kernels():
+  """At output stride 8 the backbone's last two stages are dilated (2 and 4) besides ASPP:
+  "shifted" reaches them too, with the same parameters, values and gradients, and the
+  compiled forward holds no dilated kernel. (The backward of the stem's stride-2
+  convolutions is itself a convolution with the output gradient dilated by the stride,
+  in either form: that is the weight gradient of a strided convolution, which XLA:GPU
+  matches as a backward-filter convolution; the per-layer test above checks a dilated
+  layer's backward.)"""
+  x = jnp.asarray(np.random.RandomState(1).randn(2, 32, 32, 3).astype(np.float32))
+  models = {impl: DeepLabV3Plus(num_classes=3, depth=18, width=1 / 16, output_stride=8,
+                                aspp_rates=(2, 3, 5), dropout_rate=0.0, atrous_impl=impl)
+            for impl in ("dilated", "shifted")}
+  variables = models["dilated"].init(jax.random.key(0), x, False)
+
+  def loss(model, params, x):
+    y, _ = model.apply({**variables, "params": params}, x, True, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y))
+
+  results = {}
+  for impl, model in models.items():
+    grad_fn = jax.jit(jax.value_and_grad(functools.partial(loss, model), argnums=(0, 1)))
+    results[impl] = grad_fn(variables["params"], x)
+    forward = jax.jit(functools.partial(model.apply, train=False))
+    text = forward.lower(variables, x).compile().as_text()
+    assert ("rhs_dilate" in text) == (impl == "dilated"), impl
+  (l1, g1), (l2, g2) = results["dilated"], results["shifted"]
+  np.testing.assert_allclose(l2, l1, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(b).max())))
+
+
+@pytest.mark.parametrize("impl", ["space_to_batch", "shifted"])
+def test_aspp_undilated_forms_match_dilated_in_values_and_gradients(impl):
   x = jnp.asarray(np.random.RandomState(0).randn(2, 11, 14, 8).astype(np.float32))
   dilated = ASPP(features=6, rates=(2, 3, 5))
   variables = dilated.init(jax.random.key(0), x, False)
-  s2b = ASPP(features=6, rates=(2, 3, 5), atrous_impl="space_to_batch")
+  s2b = ASPP(features=6, rates=(2, 3, 5), atrous_impl=impl)
   # The same parameter tree: checkpoints load into either implementation.
   assert (jax.tree.structure(s2b.init(jax.random.key(0), x, False))
           == jax.tree.structure(variables))

@@ -31,3 +31,8 @@ def test_the_fingerprint_is_of_the_values_not_of_how_they_were_written():
   assert loading.fingerprint(without) == base
   assert loading.fingerprint(loading.load(
       "configs/demo.py", ["--config.model.multi_grid=(1,2)"])) != base
+  # How the dilated convolutions are computed changes no number: every form hashes as
+  # "dilated", the value runs had before the other forms existed.
+  for impl in ("dilated", "shifted", "space_to_batch", "auto"):
+    assert loading.fingerprint(loading.load(
+        "configs/demo.py", [f"--config.model.atrous_impl={impl}"])) == base

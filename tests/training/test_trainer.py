@@ -65,6 +65,11 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
   assert results_resumed["teacher/flow_miou"] == results["teacher/flow_miou"]
   with open(os.path.join(resumed, trainer.RUN_INFO)) as f:
     assert json.load(f)["start_step"] == 2
+  # model.atrous_impl = "auto" (the default) resolved and recorded: the CPU's known form.
+  assert config.model.atrous_impl == "auto"
+  with open(os.path.join(straight, "atrous_impl.json")) as f:
+    assert json.load(f) == {"impl": "dilated", "backend": "cpu",
+                            "how": "known for the backend", "timings_ms": {}}
 
 
 def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
