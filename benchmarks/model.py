@@ -63,7 +63,7 @@ import platform
 import re
 import statistics
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -205,8 +205,13 @@ def write_results(out_dir: pathlib.Path, slug: str, info: Dict[str, Any], shapes
   results["runs"][shapes_name] = {**info, "shapes": dataclasses.asdict(shapes),
                                   "note": shapes.note}
   results["entries"] = merge(results["entries"], entries)
-  json_path.write_text(json.dumps(results, indent=1) + "\n")
-  md_path.write_text(markdown(results))
+  # Each file replaced whole: a run cut mid-write (a timeout's SIGTERM) leaves the last
+  # complete one.
+  for path, text in ((json_path, json.dumps(results, indent=1) + "\n"),
+                     (md_path, markdown(results))):
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
   return json_path, md_path
 
 
@@ -249,7 +254,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   return args
 
 
-def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
+def run(args: argparse.Namespace,
+        on_entry: Callable[[List[Dict[str, Any]]], Any] = lambda entries: None
+        ) -> List[Dict[str, Any]]:
+  """The entries of every case of `args`; `on_entry(entries so far)` after each."""
   shapes = SHAPES[args.shapes]
   kind = jax.local_devices()[0].device_kind
   entries = []
@@ -264,6 +272,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
         m = measure(fn, fn_args, args.repeats, args.warmup, label=f"{name}/{dtype}")
         entry = jax_entry(name, args.shapes, dtype, m, peak)
         entries.append(entry)
+        on_entry(entries)
         print(f"{name:>20} {dtype:>8}  compile {entry['compile_s']:7.1f} s  "
               f"median {_fmt(entry['median_ms'], 2):>10} ms  {_fmt(entry['gflops'])} GFLOP",
               flush=True)
@@ -271,6 +280,7 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
         if args.torch and args.repeats and name in TORCH_BENCHMARKS:
           times, info = torch_times(name, shapes, dtype, args.repeats, args.warmup)
           entries.append(torch_entry(name, args.shapes, dtype, times, info))
+          on_entry(entries)
           print(f"{'torch ' + name:>20} {dtype:>8}  median {statistics.median(times):10.2f} ms "
                 f"(JAX / PyTorch {entry['median_ms'] / statistics.median(times):.2f})",
                 flush=True)
@@ -280,9 +290,13 @@ def run(args: argparse.Namespace) -> List[Dict[str, Any]]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = parse_args(argv)
   print(f"XLA:CPU convolutions: {xla_cpu.use_onednn_convolutions()}.")
-  entries = run(args)
-  json_path, md_path = write_results(pathlib.Path(args.out_dir), device_slug(), run_info(),
-                                     args.shapes, SHAPES[args.shapes], entries)
+  info = run_info()
+
+  def write(entries):
+    return write_results(pathlib.Path(args.out_dir), device_slug(), info, args.shapes,
+                         SHAPES[args.shapes], entries)
+  # The results are written after every case, so a run cut short keeps what it measured.
+  json_path, md_path = write(run(args, on_entry=write))
   print(f"Wrote {json_path} and {md_path}.")
   if args.profile:
     print(f"Trace in {args.profile} (open with TensorBoard's profile plugin or Perfetto).")

@@ -46,9 +46,19 @@ def test_unknown_benchmark_is_refused_with_the_valid_names():
     bm.parse_args(["--benchmarks", "aspp,asp"])
 
 
-def test_cli_writes_json_and_markdown_with_the_pytorch_ratio_and_a_trace(tmp_path):
+def test_cli_writes_json_and_markdown_with_the_pytorch_ratio_and_a_trace(tmp_path,
+                                                                         monkeypatch):
   pytest.importorskip("torch")
   pytest.importorskip("FrEIA")
+  # The results are written after every case (a run cut short keeps what it measured):
+  # record how many entries each write held.
+  written = []
+  real_write = bm.write_results
+
+  def counting_write(*args):
+    written.append(len(args[-1]))
+    return real_write(*args)
+  monkeypatch.setattr(bm, "write_results", counting_write)
   out = tmp_path / "results"
   common = ["--shapes", "tiny", "--dtypes", "float32", "--repeats", "2", "--warmup", "1",
             "--out_dir", str(out)]
@@ -66,6 +76,8 @@ def test_cli_writes_json_and_markdown_with_the_pytorch_ratio_and_a_trace(tmp_pat
   flow_row = next(line for line in table.splitlines() if line.startswith("| flow |"))
   assert flow_row.rstrip(" |").endswith(f"{ratio:.2f}")
   assert list((tmp_path / "trace").rglob("*.xplane.pb"))
+  assert written == [1, 2, 3, 3]   # after each of the three cases, then once at the end
+  assert not list(out.glob("*.partial"))
 
   # A second run adds its rows and keeps the first run's.
   bm.main(common + ["--benchmarks", "perturbation"])
