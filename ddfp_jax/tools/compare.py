@@ -213,7 +213,12 @@ def finish(run: Run, run_dir: str, cmd: Sequence[str], wall_s: float,
   for model in MODELS:
     if f"{model}/miou" in final:
       result[f"{model}_miou"] = final[f"{model}/miou"]
-      result[f"{model}_per_class_iou"] = final[f"{model}/per_class_iou"]
+      result[f"{model}_per_class_iou"] = final.get(f"{model}/per_class_iou", [])
+    # A multi-domain run (USSS) scores each domain: "student/<domain>/miou".
+    domains = {k.split("/")[1]: v for k, v in final.items()
+               if k.startswith(f"{model}/") and k.count("/") == 2 and k.endswith("/miou")}
+    if domains:
+      result[f"{model}_domain_miou"] = domains
   with open(os.path.join(run_dir, RESULT), "w") as f:
     json.dump(result, f, indent=1)
   return result
@@ -347,6 +352,11 @@ def summarize(results: Sequence[dict], order: Sequence[str]) -> List[dict]:
         row[f"{model}_miou_mean"], row[f"{model}_miou_std"] = mean_std(values)
         per_class = [r[f"{model}_per_class_iou"] for r in group]
         row[f"{model}_per_class_iou_mean"] = [_mean_of_seen(c) for c in zip(*per_class)]
+      per_domain = [r.get(f"{model}_domain_miou", {}) for r in group]
+      for domain in sorted(set().union(*per_domain)):
+        if all(domain in d for d in per_domain):
+          row.setdefault(f"{model}_domain_miou", {})[domain] = mean_std(
+              [d[domain] for d in per_domain])
     rows.append(row)
   return rows
 
@@ -378,6 +388,15 @@ def markdown(name: str, rows: Sequence[dict], meta: dict) -> str:
              for m in MODELS]
     lines.append(f"| {r['label']} | {r['method']} | {len(r['seeds'])} | {cells[0]} | "
                  f"{cells[1]} | {r['step']} | {r['wall_s'] / 60:.1f} min |")
+  domains = sorted({d for r in rows for d in r.get("student_domain_miou", {})})
+  if domains:
+    lines += ["", "Per domain (student mIoU %, each domain's validation set through its own "
+              "head; a row trained on one domain has that column only):", "",
+              "| variant | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
+    for r in rows:
+      cells = [_pct(*r["student_domain_miou"][d]) if d in r.get("student_domain_miou", {})
+               else "-" for d in domains]
+      lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
   lines += ["", "Per-class IoU (%, teacher, mean over seeds):", "",
             "| variant | " + " | ".join(str(i) for i in range(_num_classes(rows))) + " |",
             "|---|" + "---|" * _num_classes(rows)]
@@ -420,11 +439,13 @@ def plot(name: str, rows: Sequence[dict], results: Sequence[dict], out: str) -> 
   for r in rows:
     curves = [res["history"] for res in results if res["label"] == r["label"]]
     steps = sorted(set.intersection(*(set(h["step"] for h in c) for c in curves)))
-    means = [100 * sum(next(h["teacher/miou"] for h in c if h["step"] == s) for c in curves)
+    # The teacher's curve; the student's for a method without one (USSS).
+    key = "teacher/miou" if all("teacher/miou" in h for c in curves for h in c) else "student/miou"
+    means = [100 * sum(next(h[key] for h in c if h["step"] == s) for c in curves)
              / len(curves) for s in steps]
     ax.plot(steps, means, marker="o", label=r["label"])
   ax.set_xlabel("step")
-  ax.set_ylabel("teacher validation mIoU (%)")
+  ax.set_ylabel("validation mIoU (%; teacher, else student)")
   ax.set_title(f"{name}: validation mIoU over training (mean over seeds)")
   ax.legend(fontsize=7)
   fig.tight_layout()

@@ -128,3 +128,33 @@ def test_sweep_resumes_and_writes_the_table_and_plots(tmp_path, monkeypatch):
   assert again["teacher_miou"] == pytest.approx(0.20)
   default = json.loads((root2 / "eps_default_s0" / "result.json").read_text())
   assert default["reused_from"] == str(root / "ddfp_s0")
+
+
+def test_a_multi_domain_run_gets_a_column_per_domain(tmp_path):
+  # What the trainer writes for a USSS run: no teacher, each domain scored, their mean.
+  results = []
+  for label, seeds in (("usss", (0.40, 0.44)), ("day", (0.30, 0.34))):
+    for seed, day in enumerate(seeds):
+      run_dir = tmp_path / f"{label}{seed}"
+      run_dir.mkdir()
+      final = {"step": 4, "student/day/miou": day, "student/day/per_class_iou": [day, day]}
+      if label == "usss":
+        final.update({"student/night/miou": day + 0.2, "student/miou": day + 0.1})
+      else:
+        final["student/miou"] = day
+      (run_dir / compare.HISTORY).write_text(
+          json.dumps(dict(final, step=2)) + "\n" + json.dumps(final) + "\n")
+      run = compare.Run(compare.Variant(label, "usss"), seed)
+      results.append(compare.finish(run, str(run_dir), ["python", "main.py"], 1.0))
+  assert results[0]["student_domain_miou"] == {"day": 0.40, "night": pytest.approx(0.60)}
+  rows = compare.summarize(results, ["usss", "day"])
+  assert rows[0]["student_domain_miou"]["night"] == pytest.approx(
+      (0.62, np.std([0.6, 0.64], ddof=1)))
+  assert "night" not in rows[1]["student_domain_miou"]
+  meta = {"command": "c", "config": "c", "seeds": [0, 1], "hardware": "h", "date": "d",
+          "layout": "l"}
+  text = compare.markdown("t", rows, meta)
+  assert "| variant | day | night |" in text
+  assert "| usss | 42.00 ± 2.83 | 62.00 ± 2.83 |" in text and "| day | 32.00 ± 2.83 | - |" in text
+  paths = compare.plot("t", rows, results, str(tmp_path))   # student curves: no teacher
+  assert all(os.path.exists(p) for p in paths)
