@@ -96,6 +96,8 @@ def get_config(method: str = "ddfp"):
     dgcl_recipe(config)
   if method == "css":
     css_recipe(config)
+  if method == "usss":
+    usss_recipe(config)
   config.train.final_note = (
       "The methods compared on this setting: results/demo_table4.md (README, 'Demo results'); "
       "rerun with python -m ddfp_jax.tools.compare (docs/compare.md).")
@@ -108,6 +110,12 @@ def dgcl_recipe(config):
   config.dgcl.memory_size = 1000
   config.dgcl.memory_per_class = 100
   config.dgcl.max_pixels = 1000
+
+
+def usss_recipe(config):
+  """USSS on the demo's two domains (configs/usss/demo.py has the comparison's runs)."""
+  from configs.usss import demo as usss_demo  # pylint: disable=import-outside-toplevel
+  usss_demo.recipe(config)
 
 
 def css_recipe(config):

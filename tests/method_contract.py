@@ -7,6 +7,8 @@ tests/methods/conftest.py serves it as the fixture `contract_run`.
 """
 import jax
 
+from ddfp_jax.data.domains import domain_key
+from ddfp_jax.methods import usss
 from ddfp_jax.training.checkpoint import Checkpointer
 from ddfp_jax.training.state import create_train_state
 from ddfp_jax.training.step import pmap_train_step, replicate, run_phases
@@ -54,6 +56,9 @@ METHOD_SETTINGS = {
             "css.num_queries": 16, "css.num_negatives": 32, "css.hard_threshold": 1.0,
             "css.weak_threshold": 1.0, "css.unsup_threshold": 0.0,
             "optim.learning_rate": 0.02},
+    # USSS: two supervised epochs, the second collecting the centroids, then the entropies
+    # (every stage of its recipe compiled); a DRN-D-22 at the tiny width.
+    "usss": {"schedule.sup_only_epochs": 2, "usss.embedding_dim": 8},
 }
 
 
@@ -62,6 +67,27 @@ def contract_config(name):
       "semi.ema_decay": 0.9, "total_steps": 100, "optim.lr_scaling": "none",
       "data.labeled_per_device": 2, "data.unlabeled_per_device": 2},
                      **METHOD_SETTINGS.get(name, {}))
+
+
+def contract_batch(config, labeled: int, unlabeled: int, num_devices: int, seed: int = 0):
+  """A synthetic batch for `config`'s method (`tiny.synthetic_batch`): for usss, one per
+  domain with its classes, keys "<domain>/..." as `data.domains.MergedBatches` makes."""
+  sizes = {"data.labeled_per_device": labeled, "data.unlabeled_per_device": unlabeled}
+  if config.method != "usss":
+    return synthetic_batch(tiny_config(**sizes), num_devices, seed=seed)
+  merged = {}
+  for i, (d, k) in enumerate(zip(usss.domain_names(config), usss.num_classes(config))):
+    part = synthetic_batch(tiny_config(**sizes, **{"data.num_classes": k}), num_devices,
+                           seed=seed + 100 * i)
+    merged.update({domain_key(d, key): v for key, v in part.items()})
+  return merged
+
+
+def labeled_image_keys(config):
+  """The batch keys of the labeled images (one per domain for usss)."""
+  if config.method != "usss":
+    return ["labeled_image"]
+  return [domain_key(d, "labeled_image") for d in usss.domain_names(config)]
 
 
 class ContractRun:
@@ -76,9 +102,7 @@ class ContractRun:
     p1 = pmap_train_step(config, devices=devices[:1])
     # The 1-device batch holds both devices' examples, labeled and unlabeled in order.
     self.batch2 = {k: v.reshape(2, v.shape[1] // 2, *v.shape[2:])
-                   for k, v in synthetic_batch(
-                       tiny_config(**{"data.labeled_per_device": 4,
-                                      "data.unlabeled_per_device": 4}), 1, seed=3).items()}
+                   for k, v in contract_batch(config, 4, 4, 1, seed=3).items()}
     batch1 = {k: v.reshape(1, -1, *v.shape[2:]) for k, v in self.batch2.items()}
     initial = create_train_state(config, jax.random.key(0))
     s2 = replicate(initial, devices[:2])

@@ -24,9 +24,12 @@ from ddfp_jax.methods import METHODS
 from ddfp_jax.methods import common
 from ddfp_jax.methods import css
 from ddfp_jax.methods import dgcl
+from ddfp_jax.methods import entropy_module
 from ddfp_jax.methods import feature_perturbation
+from ddfp_jax.methods import usss
 from ddfp_jax.models import builders
 from ddfp_jax.models import deeplab
+from ddfp_jax.models import drn
 from ddfp_jax.models import layers
 from ddfp_jax.models import resnet
 from ddfp_jax.training import optim
@@ -61,11 +64,16 @@ class ConfigError(ValueError):
   """A config that cannot be run; the message says what to change."""
 
 
+# Blocks whose keys are the user's (USSS's domains and their data settings): one value
+# for the schema; the method's check reads them.
+_FREE_FORM = ("usss.domain_data",)
+
+
 def _flatten(config, prefix="") -> Dict[str, object]:
   out = {}
   for key, value in config.items():
     name = f"{prefix}{key}"
-    if isinstance(value, ml_collections.ConfigDict):
+    if isinstance(value, ml_collections.ConfigDict) and name not in _FREE_FORM:
       out.update(_flatten(value, name + "."))
     else:
       out[name] = value
@@ -105,6 +113,11 @@ def choices() -> Dict[str, Tuple]:
       "css.valid_by": css.VALID_BY,
       "css.unsup_loss": css.UNSUP_LOSSES,
       "css.indicator_prototypes": css.INDICATOR_PROTOTYPES,
+      "usss.encoder": usss.ENCODERS,
+      "usss.drn_depth": tuple(sorted(drn.DRN_LAYOUTS)),
+      "usss.label_embeddings": usss.EMBEDDING_SOURCES,
+      "usss.reduce": entropy_module.REDUCTIONS,
+      "usss.upsample": usss.UPSAMPLES,
   }
 
 
@@ -135,7 +148,8 @@ _RANGES: List[_Rule] = [
       "dgcl.max_pixels", "dgcl.memory_size", "dgcl.memory_per_class",
       "dgcl.classes_per_pass", "dgcl.ohem_min_kept", "css.temperature",
       "css.contrast_temperature", "css.num_queries", "css.num_negatives",
-      "css.rampdown_epochs", "css.ohem_min_kept"),
+      "css.rampdown_epochs", "css.ohem_min_kept", "usss.embedding_dim",
+      "usss.temperature", "usss.per_class", "data.eval_scale"),
      lambda x: x > 0, "positive"),
     (("semi.lambda_image", "semi.lambda_feature", "ddfp.eps", "random.eps", "vat.eps",
       "vat.xi", "cct_noise.uniform_range", "ddfp.flow.noise_std", "ddfp.flow.grad_clip",
@@ -145,7 +159,8 @@ _RANGES: List[_Rule] = [
       "schedule.sup_only_epochs", "dgcl.lambda_contrast", "dgcl.aux_weight",
       "schedule.flow_start_epoch", "css.lambda_contrast", "css.rampdown_scale",
       "css.rampdown_steps_per_epoch", "css.cross_warmup_epochs", "css.strong.brightness",
-      "css.strong.contrast", "css.strong.saturation"),
+      "css.strong.contrast", "css.strong.saturation", "usss.alpha", "usss.beta",
+      "usss.collect_epochs"),
      lambda x: x >= 0, "0 or more"),
     (("data.num_classes",), lambda x: x >= 2, "at least 2"),
     (("data.scale_range",), lambda r: len(r) == 2 and 0 < r[0] <= r[1],
@@ -252,6 +267,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         "ddfp_jax/methods/<method>.py; override values on the command line with "
         "--config.KEY=VALUE.")
   method_problems = METHODS[config.method].check_config(config)
+  if config.method == "usss" and not method_problems:
+    # Each domain's data settings, with the same checks as the run's.
+    for name, domain in usss.domain_configs(config).items():
+      method_problems += [f"in domain '{name}' (usss.domain_data.{name}), {p}"
+                          for p in _value_problems(_flatten(domain))]
   if method_problems:
     raise ConfigError(f"The config cannot be used with method '{config.method}': "
                       + "; ".join(method_problems) + ".")

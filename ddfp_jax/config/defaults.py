@@ -69,6 +69,10 @@ def get_config() -> ml_collections.ConfigDict:
   # "release": windows start at 0, stride, 2*stride, ... and are cut at the image border
   # (the release's loop); "shifted": border windows move inside, all full size (mmseg/U2PL).
   data.eval_window_grid = "release"
+  # Validation images (and labels, by nearest neighbour) rescaled by this factor before
+  # the protocol, and scored there: USSS's release evaluates at its training resolution
+  # (Cityscapes 1024 x 512, data.scale_range (0.5, 0.5)). 1: the original resolution.
+  data.eval_scale = 1.0
   data.mean = (123.675, 116.28, 103.53)
   data.std = (58.395, 57.12, 57.375)
   # Strong augmentation of the unlabeled stream (on top of the weak one).

@@ -41,8 +41,9 @@ SAME_NUMBERS = {"model.atrous_impl": "dilated"}
 ADDED_WITH_DEFAULT = {"model.multi_grid": (), "model.mixed_bn": True,
                       "model.projection_dim": 0, "model.aux_head": False,
                       "model.decoder": "ddfp", "model.projection_on": "features",
-                      "optim.nesterov": False, "data.demo_domain": "day"}
-ADDED_BLOCKS = ("dgcl", "css")
+                      "optim.nesterov": False, "data.demo_domain": "day",
+                      "data.eval_scale": 1.0}
+ADDED_BLOCKS = ("dgcl", "css", "usss")
 
 
 def _added_with_default():

@@ -88,6 +88,13 @@ def random_rescale(image: Tensor, label: Tensor, seed: Tensor,
   return image, nearest(label), None if ignore is None else nearest(ignore)
 
 
+def rescale(image: Tensor, label: Tensor, factor: float) -> Tuple[Tensor, Tensor]:
+  """`random_rescale` by exactly `factor` (its range collapsed to one value: the seed
+  plays no part): the same resize as training, for validation (`data.eval_scale`)."""
+  image, label, _ = random_rescale(image, label, tf.zeros([2], tf.int32), (factor, factor))
+  return image, label
+
+
 def _crop_offsets(padded_h: Tensor, padded_w: Tensor, crop: int, seed: Tensor):
   """The random window of `random_crop_and_pad` in an image padded to >= crop."""
   seed_y, seed_x = split_seed(seed, 2)

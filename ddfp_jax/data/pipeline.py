@@ -29,7 +29,9 @@ map), so both take exactly the same path through sampling and augmentation.
 
 Evaluation follows `config.data.eval_protocol`: "center_crop" (VOC) pads and crops each
 image here; "whole" and "sliding_window" (Cityscapes) pass full images, batched with
-padding (label 255, `valid` unchanged) if sizes differ within a batch.
+padding (label 255, `valid` unchanged) if sizes differ within a batch. Before either,
+`config.data.eval_scale` rescales validation images (bilinear, as training's rescale) and
+labels (nearest), so that scores are taken at that resolution (USSS's release).
 """
 import atexit
 import functools
@@ -348,9 +350,12 @@ def eval_batches(config, split: str = "validation", *, process_index: int = 0,
   mean, std = tuple(data.mean), tuple(data.std)
   ignore = int(data.ignore_label)
   center_crop = data.eval_protocol == "center_crop"
+  scale = float(data.get("eval_scale", 1.0))
 
   def load(idx, ok):
     image, label = _load_checked(source, idx, int(data.num_classes), ignore)
+    if scale != 1.0:
+      image, label = augment.rescale(image, label, scale)
     if center_crop:
       image, label = augment.center_crop_and_pad(image, label, int(data.eval_crop),
                                                  label_pad=ignore)

@@ -188,12 +188,31 @@ def load_pretrained_backbone(variables: PyTree, path: str, key: Optional[str] = 
   return _merge(variables, _read(variables, path, key, True, trust_pickle), str(path))
 
 
+def load_drn_encoder(variables: PyTree, path: str, trust_pickle: bool = False) -> PyTree:
+  """USSS's model (`MultiDomainSegmenter` with the DRN-D encoder) with its encoder from
+  fyu/drn's ImageNet file (`drn_d_22-4bd2f8ea.pth` ...) or from that file converted to
+  `.npz` ({"params", "batch_stats"} of a `DRN`); heads and embedding head stay as they
+  are. As strict as `convert_drn_state_dict`: another depth or width is refused."""
+  path = str(path)
+  encoder = {c: variables[c]["encoder"] for c in COLLECTIONS}
+  if path.endswith(".npz"):
+    partial = load_npz(path)
+  else:
+    partial = convert_drn_state_dict(read_torch_file(path, None, trust_pickle), encoder, path)
+  merged = _merge(encoder, partial, path)
+  return {c: {**variables[c], "encoder": merged[c]} for c in COLLECTIONS}
+
+
 def initial_train_state(config, rng: jax.Array):
   """`create_train_state`, with the student and teacher from `config.model.pretrained`
   when it is set (a backbone file replaces the backbone, a converted segmentation model
-  everything; the teacher starts as a copy either way)."""
+  everything; for USSS a DRN-D file its encoder; the teacher starts as a copy either
+  way)."""
   if not config.model.get("pretrained"):
     return create_train_state(config, rng)
+  if config.method == "usss":
+    return create_train_state(
+        config, rng, lambda variables: load_drn_encoder(variables, config.model.pretrained))
   return create_train_state(
       config, rng, lambda variables: load_pretrained(variables, config.model.pretrained))
 

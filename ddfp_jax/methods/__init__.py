@@ -4,7 +4,7 @@ Each is a `ddfp_jax.methods.interface.Method`; a method added here gets the shar
 step, the trainer, checkpoints, evaluation and the method contract test
 (tests/methods/test_method_contract.py) by being in this dict.
 """
-from ddfp_jax.methods import css, ddfp, dgcl, feature_perturbation, fixmatch, supervised
+from ddfp_jax.methods import css, ddfp, dgcl, feature_perturbation, fixmatch, supervised, usss
 
 METHODS = {
     "supervised": supervised.METHOD,
@@ -16,6 +16,7 @@ METHODS = {
     "ddfp": ddfp.METHOD,
     "dgcl": dgcl.METHOD,
     "css": css.METHOD,
+    "usss": usss.METHOD,
 }
 
 

@@ -82,10 +82,12 @@ class Checkpointer:
     best_mode: "max" if a larger metric is better (mIoU), "min" if a smaller one is.
     async_save: write in a background thread; `save` returns once the arrays have been
       copied off the devices. Call `wait()` before reading the files.
+    read_only: only read (another run's checkpoints): nothing is created, cleaned up or
+      saved under `directory`.
   """
 
   def __init__(self, directory, keep: int = 2, best_mode: str = "max",
-               async_save: bool = True):
+               async_save: bool = True, read_only: bool = False):
     if best_mode not in _BEST_MODES:
       raise ValueError(f"best_mode must be one of {_BEST_MODES}, got {best_mode!r}")
     if keep < 1:
@@ -94,17 +96,20 @@ class Checkpointer:
     # Orbax wants absolute paths; remote ones (gs://...) already are.
     self.directory = directory if "://" in directory else os.path.abspath(directory)
     self.best_mode = best_mode
+    writes = not read_only
+    # The handler named, so that a step's tree metadata can be read (`restore_as_saved`).
     self._latest = ocp.CheckpointManager(
-        f"{self.directory}/latest",
+        f"{self.directory}/latest", item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-            enable_async_checkpointing=async_save))
+            max_to_keep=keep, create=writes, cleanup_tmp_directories=writes,
+            read_only=read_only, enable_async_checkpointing=async_save))
     self._best = ocp.CheckpointManager(
         f"{self.directory}/best",
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, best_fn=lambda metrics: metrics[_METRIC_KEY], best_mode=best_mode,
-            keep_checkpoints_without_metrics=False, create=True,
-            cleanup_tmp_directories=True, enable_async_checkpointing=async_save))
+            keep_checkpoints_without_metrics=False, create=writes,
+            cleanup_tmp_directories=writes, read_only=read_only,
+            enable_async_checkpointing=async_save))
     best_step = self._best.best_step()
     self._best_metric: Optional[float] = None
     if best_step is not None:
@@ -152,6 +157,28 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {self.directory}/latest")
     return _restore(self._latest, step, target_state)
+
+  def restore_as_saved(self, step: Optional[int] = None) -> Dict[str, Any]:
+    """A step (default: the latest) as the state dict it was saved from, without a target
+    structure (another run's state, whose config may differ): nested dicts of arrays on
+    this process's first device, whatever devices saved them; checked like `restore`.
+
+    Raises:
+      FileNotFoundError, CheckpointError: as `restore`.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint under {self.directory}/latest")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    try:
+      tree = self._latest.item_metadata(step)
+      tree = getattr(tree, "tree", tree)
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            tree)
+    except Exception as e:  # pylint: disable=broad-except  (orbax, JSON errors)
+      raise CheckpointError(f"checkpoint step {step} ({self._latest.directory}/{step}) "
+                            f"cannot be read: {_first_line(e)}") from None
+    return _restore(self._latest, step, target, as_saved=True)
 
   def restore_newest_intact(self, target_state: Any) -> Tuple[Any, int, List[Damaged]]:
     """The newest step that restores intact, for resuming: (state, step, damaged steps).
@@ -330,13 +357,15 @@ def _quiet_abandoned_reads() -> None:
     sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
 
 
-def _restore(manager: ocp.CheckpointManager, step: int, target_state: Any) -> Any:
-  """Step `step` into the structure of `target_state`, checked against its checksums."""
+def _restore(manager: ocp.CheckpointManager, step: int, target_state: Any,
+             as_saved: bool = False) -> Any:
+  """Step `step` into the structure of `target_state` (with `as_saved`, a state dict,
+  returned as one), checked against its checksums."""
   where = f"{manager.directory}/{step}"
   if step not in manager.all_steps():
     raise FileNotFoundError(f"no checkpoint step {step} under {manager.directory}")
   # The target as it is (not made global): leaves come back placed like its leaves.
-  target = flax.serialization.to_state_dict(target_state)
+  target = target_state if as_saved else flax.serialization.to_state_dict(target_state)
   failure = None
   _quiet_abandoned_reads()
   try:
@@ -354,4 +383,6 @@ def _restore(manager: ocp.CheckpointManager, step: int, target_state: Any) -> An
       raise CheckpointError(
           f"checkpoint step {step} ({where}) is damaged: {len(bad)} of {len(stored)} arrays "
           f"do not match the checksums stored when it was saved (first: {bad[0]})")
+  if as_saved:
+    return restored
   return flax.serialization.from_state_dict(target_state, restored)

@@ -9,6 +9,7 @@ import optax
 
 from ddfp_jax.methods import get_method
 from ddfp_jax.models import builders
+from ddfp_jax.models.multi_domain import MultiDomainSegmenter
 from ddfp_jax.training import optim
 
 PyTree = Any
@@ -37,8 +38,11 @@ class TrainState:
 
 
 def feature_dim(config: ml_collections.ConfigDict, variables) -> int:
-  """Width of the pixel features v of the model (the flow's input)."""
+  """Width of the pixel features v of the model (the flow's input); of the pixel
+  embeddings for the multi-domain model."""
   model = builders.build_model(config)
+  if isinstance(model, MultiDomainSegmenter):
+    return model.embedding_dim
   image = jnp.zeros((1, config.data.crop_size, config.data.crop_size, 3), jnp.float32)
   u = jax.eval_shape(lambda: model.apply(variables, image, False, method="encode"))
   v = jax.eval_shape(lambda: model.apply(variables, jnp.zeros(u.shape, u.dtype), False,

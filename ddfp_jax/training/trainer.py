@@ -32,12 +32,13 @@ import ml_collections
 import numpy as np
 
 from ddfp_jax.models import atrous_choice, builders, layers
-from ddfp_jax.training import preemption
+from ddfp_jax.training import preemption, warm_start
 from ddfp_jax.config import presets
 from ddfp_jax.training.checkpoint import CheckpointError, Checkpointer
-from ddfp_jax.config.check import check_config
-from ddfp_jax.data import pipeline
-from ddfp_jax.training.evaluate import eval_step_from_config, evaluate
+from ddfp_jax.config.check import ConfigError, check_config
+from ddfp_jax.data import domains, pipeline
+from ddfp_jax.training.evaluate import (eval_step_from_config, evaluate, make_eval_step,
+                                        predict_kwargs_from_config)
 from ddfp_jax.interop.pretrained import initial_train_state
 from ddfp_jax.methods import get_method
 from ddfp_jax.training.state import TrainState, create_train_state
@@ -49,31 +50,53 @@ class NonFiniteError(RuntimeError):
   """Training produced a non-finite loss or gradient."""
 
 
-def _eval_fn(config: ml_collections.ConfigDict):
+def _eval_fns(config: ml_collections.ConfigDict):
+  """{results prefix: (the config its validation set comes from, the pmapped eval step)}:
+  {"": ...} for a run over one dataset; {"<domain>/": ...} with one step per domain of a
+  multi-domain run (USSS: an image of domain d is read from head d; a pixel predicted as
+  the "None" channel counts as a miss of its true class)."""
   model = builders.build_model(config)
-  heads = get_method(config.method).make_eval_heads(config)
-  step = eval_step_from_config(config, model, heads=heads, axis_name=AXIS)
-  return jax.pmap(step, axis_name=AXIS, in_axes=(None, None, 0))
+  configs = domains.domain_configs(config)
+  pmap = lambda step: jax.pmap(step, axis_name=AXIS, in_axes=(None, None, 0))
+  if not configs:
+    heads = get_method(config.method).make_eval_heads(config)
+    return {"": (config, pmap(eval_step_from_config(config, model, heads=heads,
+                                                    axis_name=AXIS)))}
+  fns = {}
+  for index, (name, c) in enumerate(configs.items()):
+    k = c.data.num_classes
+    step = make_eval_step(model, k, axis_name=AXIS, ignore_label=c.data.ignore_label,
+                          num_predictions=k + 1 if model.none_class else None,
+                          domain=index, **predict_kwargs_from_config(c))
+    fns[f"{name}/"] = (c, pmap(step))
+  return fns
 
 
 def evaluate_state(config: ml_collections.ConfigDict, state: TrainState,
                    p_eval=None) -> Dict[str, Any]:
   """mIoU of the student and the teacher on validation, and of the method's extra heads
-  (e.g. DDFP's FlowGMM) on the teacher's features."""
-  p_eval = p_eval or _eval_fn(config)
+  (e.g. DDFP's FlowGMM) on the teacher's features. A multi-domain run scores each
+  domain's validation set ("student/<domain>/miou", ...) and reports their mean as
+  "student/miou" (what selects its best checkpoint, as the release); its teacher is the
+  student (no phase of USSS is semi-supervised, so the EMA copies it) and is not scored."""
+  p_eval = p_eval or _eval_fns(config)
   kwargs = dict(process_index=jax.process_index(), process_count=jax.process_count())
   results = {}
   models = {"student": (state.params, state.batch_stats)}
-  if config.train.eval_teacher:
+  several = len(p_eval) > 1 or "" not in p_eval
+  if config.train.eval_teacher and not several:
     models["teacher"] = (state.teacher_params, state.teacher_batch_stats)
   for name, (params, stats) in models.items():
     # The extra heads score the teacher's features (DDFP's flow learns the teacher's).
     head_state = state.extra if name == "teacher" else None
-    out = evaluate(p_eval, {"params": params, "batch_stats": stats},
-                   pipeline.eval_batches(config, **kwargs), head_state=head_state)
-    for key, value in out.items():
-      if not key.endswith("confusion"):   # the matrices stay out of the scalar logs
-        results[f"{name}/{key}"] = value
+    for prefix, (c, step) in p_eval.items():
+      out = evaluate(step, {"params": params, "batch_stats": stats},
+                     pipeline.eval_batches(c, **kwargs), head_state=head_state)
+      for key, value in out.items():
+        if not key.endswith("confusion"):   # the matrices stay out of the scalar logs
+          results[f"{name}/{prefix}{key}"] = value
+    if several:
+      results[f"{name}/miou"] = float(np.mean([results[f"{name}/{p}miou"] for p in p_eval]))
   return results
 
 
@@ -96,12 +119,12 @@ def _prepare_data(config: ml_collections.ConfigDict) -> None:
   `DatasetError` that points at process 0's log.
   """
   if jax.process_count() == 1:
-    pipeline.prepare(config)
+    domains.prepare(config)
     return
   failure = None
   if jax.process_index() == 0:
     try:
-      pipeline.prepare(config)
+      domains.prepare(config)
     except Exception as e:  # pylint: disable=broad-except
       failure = e
   ok = multihost_utils.broadcast_one_to_all(np.int32(failure is None))
@@ -144,7 +167,7 @@ def ready_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   _prepare_data(config)
   if config.epochs <= 0:
     return config
-  return resolve_schedule(config, pipeline.num_train_examples(config)[1], jax.device_count())
+  return resolve_schedule(config, domains.num_unlabeled(config), jax.device_count())
 
 
 def _choose_atrous_impl(config: ml_collections.ConfigDict,
@@ -256,6 +279,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
   state = initial_train_state(config, jax.random.key(config.seed))
   resumed = None
+  if checkpointer.latest_step() is None and warm_start.source_of(config):
+    try:
+      state = warm_start.from_run(state, warm_start.source_of(config))
+    except (ConfigError, CheckpointError):
+      checkpointer.close()
+      raise
   if checkpointer.latest_step() is not None:
     # A damaged newest step is moved to checkpoints/damaged/ and an older one used.
     try:
@@ -280,10 +309,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   state = replicate(state)
   p_step = pmap_train_step(config)
-  p_eval = _eval_fn(config)
+  p_eval = _eval_fns(config)
   # Pictures for TensorBoard at each evaluation, drawn by process 0 alone.
   pictures = TrainingImages(config) if is_chief and config.train.num_images > 0 else None
-  batches = pipeline.train_batches(config, start_step=start,
+  batches = domains.train_batches(config, start_step=start,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
   try:

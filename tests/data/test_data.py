@@ -475,6 +475,25 @@ def test_eval_covers_every_example_once(config):
   assert sorted(ids) == list(range(11))
 
 
+def test_eval_scale_scores_validation_at_the_rescaled_resolution(config):
+  """data.eval_scale: 48 -> 24 pixels a side; labels by nearest neighbour, which at a
+  factor of 1/2 (half-pixel centres) reads source pixel 2i + 1; images by the bilinear
+  rescale of training, antialiased: a triangle filter widened by 2 (PIL's BILINEAR),
+  centred on source 2i + 0.5, weights renormalised at the borders."""
+  images, labels = sources.demo_arrays(config, "validation")
+  c = config.copy_and_resolve_references()
+  c.data.eval_scale = 0.5
+  batch = next(iter(pipeline.eval_batches(c, local_device_count=1)))
+  assert batch["image"].shape == (1, 2, 24, 24, 3) and batch["label"].shape == (1, 2, 24, 24)
+  np.testing.assert_array_equal(batch["label"][0], labels[:2, 1::2, 1::2])
+  j = np.arange(48)
+  taps = np.maximum(0.0, 1.0 - np.abs(j[None, :] - (2 * np.arange(24)[:, None] + 0.5)) / 2)
+  taps /= taps.sum(axis=1, keepdims=True)
+  x = np.einsum("ih,nhwc,jw->nijc", taps, images[:2].astype(np.float64), taps)
+  want = (x - np.array(MEAN)) / np.array(STD)
+  np.testing.assert_allclose(batch["image"][0], want, atol=1e-3)
+
+
 def test_eval_positions_pad_the_last_batch():
   ids, valid = pipeline.eval_positions(5, 2, 1, 2)
   # Global batches of 4: process 1 takes positions 2, 3 and 6, 7 (padding).

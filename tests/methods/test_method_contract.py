@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from ddfp_jax.training.step import RetraceError, replicate
-from tiny import leaves, max_abs_diff, synthetic_batch, tiny_config
+from method_contract import contract_batch, labeled_image_keys
+from tiny import leaves, max_abs_diff
 
 def test_every_phase_trains_finite_and_compiles_once(contract_run):
   run, name = contract_run, contract_run.name
@@ -29,7 +30,7 @@ def test_every_phase_trains_finite_and_compiles_once(contract_run):
     if phase.semi:
       assert "loss_image" in metrics or name == "supervised"
   # One trace per phase so far: one more (e.g. a batch of another size) must raise.
-  bigger = synthetic_batch(tiny_config(**{"data.labeled_per_device": 3}), 2)
+  bigger = contract_batch(run.config, 3, 2, 2)
   with pytest.raises(RetraceError, match=f"but the run has {len(run.phases)} phase"):
     run.p2(run.final_2, bigger, run.phases[-1])
 
@@ -37,7 +38,8 @@ def test_every_phase_trains_finite_and_compiles_once(contract_run):
 def test_nonfinite_step_keeps_the_state_bit_identical(contract_run):
   run, name = contract_run, contract_run.name
   state = run.final_2
-  bad = dict(run.batch2, labeled_image=np.full_like(run.batch2["labeled_image"], np.nan))
+  bad = dict(run.batch2, **{k: np.full_like(run.batch2[k], np.nan)
+                            for k in labeled_image_keys(run.config)})
   new, metrics = run.p2(state, bad, run.phases[-1])
   assert int(metrics["nonfinite"]) == 1
   for a, b in zip(leaves(new), leaves(state)):

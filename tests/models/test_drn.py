@@ -204,3 +204,36 @@ def test_strict_import_reports_every_mismatch():
   assert {k.split(".")[0] + "." + k.split(".")[1] for k in error.missing} == {
       "layer3.2", "layer4.2", "layer4.3", "layer5.2", "layer5.3", "layer5.4", "layer5.5",
       "layer6.2"}
+
+
+def test_usss_run_starts_its_drn_encoder_from_the_imagenet_file(converted, tmp_path):
+  """model.pretrained for USSS: fyu/drn's .pth (saved here by PyTorch) fills the encoder
+  of the multi-domain model, the heads and embedding head keep their init, and a file of
+  another depth is refused naming what differs."""
+  from ddfp_jax.interop.pretrained import initial_train_state
+  from ddfp_jax.training.state import create_train_state
+  from tiny import tiny_config
+  torch_model, model, variables = converted
+  path = str(tmp_path / f"drn_d_{model.depth}.pth")
+  torch.save({k: torch.from_numpy(v) for k, v in ref.numpy_state_dict(torch_model).items()},
+             path)
+  config = tiny_config(method="usss", **{
+      "usss.encoder": "drn", "usss.drn_depth": model.depth, "model.width": WIDTH,
+      "usss.embedding_dim": 8, "data.crop_size": 32, "model.pretrained": path})
+  state = initial_train_state(config, jax.random.key(0))
+  fresh = create_train_state(config, jax.random.key(0))
+  flat = lambda t: traverse_util.flatten_dict(t)
+  for collection in ("params", "batch_stats"):
+    got = flat(getattr(state, collection))
+    want = flat(variables[collection])
+    init = flat(getattr(fresh, collection))
+    for k, v in got.items():
+      if k[0] == "encoder":
+        np.testing.assert_array_equal(v, want[k[1:]])
+      else:
+        np.testing.assert_array_equal(v, init[k])
+  assert flat(state.params).keys() - {k for k in flat(state.params) if k[0] == "encoder"}
+  other = config.copy_and_resolve_references()
+  other.usss.drn_depth = 22 if model.depth == 54 else 54
+  with pytest.raises(names.StateDictMismatch, match="does not match the model"):
+    initial_train_state(other, jax.random.key(0))

@@ -226,7 +226,7 @@ def test_a_script_that_keeps_a_pipeline_iterator_exits(tmp_path):
 
 # String keys whose values are free (paths, text); every other string key is a choice.
 _FREE_TEXT = {"data.data_dir", "data.manual_dir", "data.split_dir", "model.pretrained",
-              "train.final_note"}
+              "train.final_note", "usss.domains", "usss.embedding_file", "usss.init_from"}
 
 
 def test_every_string_key_is_free_text_or_a_checked_choice():

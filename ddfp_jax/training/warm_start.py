@@ -1,0 +1,90 @@
+"""A run that starts from another run's trained network: the fine-tuning baseline.
+
+USSS's paper compares with fine-tuning a model trained on one dataset on another; the
+release does it by loading a checkpoint into the new model "except the heads" (its
+`--state`). Here `usss.init_from` names the workdir of an earlier run; a new run (not a
+resumed one: a resume reads its own checkpoints) starts its student, and the teacher as
+its copy, from that run's latest student variables, every one but the per-domain heads
+(`head_<index>`, which keep their fresh initialisation: the label spaces differ). The
+optimiser, step and method state start fresh, as a new run of the release does.
+
+The source run may have other domains, heads and devices; every other variable must be
+there with the same shape, or the run stops naming what differs (`WarmStartError`).
+"""
+import os
+from typing import Any, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from ddfp_jax.config.check import ConfigError
+from ddfp_jax.interop.names import StateDictMismatch
+from ddfp_jax.training.checkpoint import Checkpointer
+
+COLLECTIONS = (("params", "params"), ("batch_stats", "batch_stats"))
+FRESH_PREFIX = "head_"   # the per-domain heads (head_<index>): never from the source run
+
+
+class WarmStartError(ConfigError):
+  """The source run of `usss.init_from` cannot start this run; the message says why."""
+
+
+def source_of(config) -> str:
+  """The workdir a new run starts from, or "" (only USSS runs have one)."""
+  if config.method != "usss":
+    return ""
+  return config.usss.get("init_from", "") or ""
+
+
+def _is_fresh(path: Tuple[str, ...]) -> bool:
+  return path[0].startswith(FRESH_PREFIX)
+
+
+def _take(target: Any, source: Any, where: str) -> Any:
+  """`target` (a variable collection) with every leaf outside the heads from `source`."""
+  flat_target = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
+  flat_source = flax.traverse_util.flatten_dict(source or {})
+  name = "/".join
+  wanted = [k for k in flat_target if not _is_fresh(k)]
+  missing = [name(k) for k in wanted if k not in flat_source]
+  wrong = [f"{name(k)} (source {tuple(flat_source[k].shape)}, this run "
+           f"{tuple(flat_target[k].shape)})"
+           for k in wanted if k in flat_source
+           and tuple(flat_source[k].shape) != tuple(flat_target[k].shape)]
+  if missing or wrong:
+    raise StateDictMismatch(where, missing, [], wrong)
+  for k in wanted:
+    flat_target[k] = jnp.asarray(flat_source[k], flat_target[k].dtype)
+  return flax.traverse_util.unflatten_dict(flat_target)
+
+
+def from_run(state, workdir: str):
+  """`state` (a fresh `TrainState`) with student and teacher from `workdir`'s latest
+  student variables, the heads excepted.
+
+  Raises:
+    WarmStartError: no checkpoint there, or variables that do not match.
+  """
+  ckpt_dir = os.path.join(os.path.expanduser(workdir), "checkpoints")
+  hint = ("usss.init_from must be the --workdir of an earlier run of the same encoder and "
+          "embedding head (e.g. the supervised run on the source dataset)")
+  if not os.path.isdir(os.path.join(ckpt_dir, "latest")):
+    raise WarmStartError(f"usss.init_from={workdir!r} holds no checkpoints "
+                         f"({ckpt_dir}/latest is missing): {hint}.")
+  with Checkpointer(ckpt_dir, read_only=True) as checkpointer:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise WarmStartError(f"usss.init_from={workdir!r} holds no complete checkpoint: "
+                           f"{hint}.")
+    saved = checkpointer.restore_as_saved(step)
+  where = f"usss.init_from={workdir!r} (step {step})"
+  try:
+    params = _take(state.params, saved.get("params"), where)
+    stats = _take(state.batch_stats, saved.get("batch_stats"), where)
+  except StateDictMismatch as e:
+    raise WarmStartError(f"{e} {hint[0].upper()}{hint[1:]}.") from None
+  copy = lambda tree: jax.tree.map(jnp.array, tree)
+  return state.replace(params=params, batch_stats=stats, teacher_params=copy(params),
+                       teacher_batch_stats=copy(stats),
+                       opt_state=state.tx.init(params))
