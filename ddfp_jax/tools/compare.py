@@ -17,7 +17,8 @@ from any table, is not run again: its result is reused (`reused_from` names it).
 `--config_per_method` makes every run load CONFIG:METHOD, for a config file that sets a
 method's own recipe from the method it is given (configs/demo.py for dgcl).
 `--parallel N` runs N at once, each pinned to its share of this process's CPUs (on a GPU
-machine, give each run its own devices with --devices_per_run instead).
+machine, give each run its own devices with --devices_per_run instead); the datasets of
+every run are prepared first, one after the other, so that no two runs build one at once.
 
 Written to OUT (default results/): NAME.json (every run's final metrics, per-class IoU,
 validation mIoU over the steps, wall time, the command, hardware and date; the mean and
@@ -145,6 +146,19 @@ def fingerprint(config: str, run: Run, common: Sequence[str]) -> Optional[str]:
     return None
 
 
+def prepare_data(config: str, run: Run, common: Sequence[str]) -> None:
+  """Makes the run's datasets ready here, before runs start side by side: two runs that
+  both find a dataset missing would both build it, and the second one's rename fails.
+  A config that does not load is left to the run to report."""
+  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.config import loading
+  from ddfp_jax.data import domains
+  try:
+    domains.prepare(loading.load(config, config_flags_of(run, common)))
+  except Exception:  # pylint: disable=broad-except
+    return
+
+
 def finished_by_fingerprint(workdir: str) -> Dict[str, str]:
   """Fingerprint -> directory of every finished run under WORKDIR/*/ (any table's), read
   once; reused records are left out (their source is listed)."""
@@ -261,6 +275,9 @@ def run_all(runs: Sequence[Run], config: str, root: str, common: Sequence[str],
       todo.remove(run)
       log(f"{run.name}: the same config as {source}, which finished; its result is reused.")
   log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to run.")
+  if parallel > 1:
+    for run in todo:
+      prepare_data(config_of(run), run, common)
   cpu_sets = _cpu_sets(parallel)
   free = list(range(parallel))
   active = {}   # slot -> (run, process, start, command, log file, CPUs)
