@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import sys
 import time
 from typing import Any, Dict, Optional
@@ -219,6 +220,9 @@ def _print_summary(config: ml_collections.ConfigDict, workdir: str, step: int,
 
 
 # Files of the workdir that tools read without TensorBoard (ddfp_jax/tools/compare.py).
+# What reading config.model.pretrained raises for a file that is not the model's (a
+# mismatch, another kind of file, a refused pickle), reported as a config error.
+_UNREADABLE_WEIGHTS = (ValueError, RuntimeError, OSError, EOFError, pickle.UnpicklingError)
 RUN_INFO = "run_info.json"          # what ran where, rewritten when a run (re)starts
 EVAL_HISTORY = "eval_history.jsonl"  # one line per evaluation, appended
 
@@ -277,7 +281,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   ckpt_dir = os.path.join(workdir, "checkpoints")
   checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
-  state = initial_train_state(config, jax.random.key(config.seed))
+  try:
+    state = initial_train_state(config, jax.random.key(config.seed))
+  except _UNREADABLE_WEIGHTS as e:
+    checkpointer.close()
+    if not config.model.get("pretrained") or isinstance(e, FileNotFoundError):
+      raise
+    raise ConfigError(
+        f"config.model.pretrained ({config.model.pretrained}) cannot start this run: "
+        f"{str(e).rstrip('.')}. Pass a weight file of the config's model (docs/interop.md "
+        "lists the files each model reads and how to convert them), or unset "
+        "config.model.pretrained to train from scratch.") from None
   resumed = None
   if checkpointer.latest_step() is None and warm_start.source_of(config):
     try:

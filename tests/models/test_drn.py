@@ -237,3 +237,14 @@ def test_usss_run_starts_its_drn_encoder_from_the_imagenet_file(converted, tmp_p
   other.usss.drn_depth = 22 if model.depth == 54 else 54
   with pytest.raises(names.StateDictMismatch, match="does not match the model"):
     initial_train_state(other, jax.random.key(0))
+  # Through the trainer: one paragraph naming the file and the mismatch, no traceback.
+  small = other.copy_and_resolve_references()
+  small.data.num_classes = 11
+  small.data.data_dir = str(tmp_path / "tfds")
+  small.data.demo_image_size, small.data.demo_labeled = 48, 4
+  small.data.demo_unlabeled, small.data.demo_validation = 8, 4
+  from ddfp_jax.config.check import ConfigError
+  from ddfp_jax.training import trainer
+  with pytest.raises(ConfigError, match=r"config.model.pretrained \(.*drn_d_\d+.pth\) cannot "
+                     r"start this run: .*does not match the model.*unset "):
+    trainer.train_and_evaluate(small, str(tmp_path / "run"))
