@@ -414,6 +414,8 @@ def markdown(name: str, rows: Sequence[dict], meta: dict) -> str:
       cells = [_pct(*r["student_domain_miou"][d]) if d in r.get("student_domain_miou", {})
                else "-" for d in domains]
       lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+  if not _num_classes(rows):   # multi-domain runs: no single label space to list
+    return "\n".join(lines) + "\n"
   lines += ["", "Per-class IoU (%, teacher, mean over seeds):", "",
             "| variant | " + " | ".join(str(i) for i in range(_num_classes(rows))) + " |",
             "|---|" + "---|" * _num_classes(rows)]
