@@ -562,9 +562,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   for row in summary["summary"]:
-    print(f"{row['label']}: teacher {_pct(row['teacher_miou_mean'], row['teacher_miou_std'])}"
-          f", student {_pct(row['student_miou_mean'], row['student_miou_std'])} "
-          f"({len(row['seeds'])} seeds)")
+    # Runs without a teacher (USSS) have no teacher figures.
+    scores = [f"{m} {_pct(row[f'{m}_miou_mean'], row[f'{m}_miou_std'])}"
+              for m in MODELS if f"{m}_miou_mean" in row]
+    print(f"{row['label']}: {', '.join(scores)} ({len(row['seeds'])} seeds)")
   print(f"results: {os.path.join(args.out, args.name)}.{{json,md}}, "
         f"{args.name}_miou.png, {args.name}_curves.png")
   return 0
