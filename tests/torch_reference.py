@@ -14,6 +14,9 @@ PyTorch code, so that its `state_dict()` has the keys of real checkpoints:
 
 `width` multiplies every channel count so that tests can run narrow models.
 
+`TorchDRND` is fyu/drn's DRN-D (arch "D"), with its names: `layer0`, `layer1`, `layer2`,
+`layer7`, `layer8` Sequentials of (conv, BN, ReLU), residual `layer3` ... `layer6`, `fc`.
+
 `ReleaseFlow` is the release's flow construction from FrEIA 0.2 (`GLOWCouplingBlock(clamp)`
 + `PermuteRandom(seed=k)` in a `ReversibleGraphNet` named `inn`, beside the GMM `means`),
 with the spec's GMM log-densities (section 8) written in PyTorch. The benchmarks time this
@@ -29,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ddfp_jax.interop import names
+from ddfp_jax.models.drn import DRN_LAYOUTS
 
 LAYOUTS = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3)),
            101: ("bottleneck", (3, 4, 23, 3))}
@@ -217,6 +221,60 @@ class DeepLabV3Plus(nn.Module):
 
   def forward(self, x):
     return self.classify(self.features(self.encode(x)))
+
+
+# fyu/drn DRN-D channels of layer0 ... layer8 (before `width`).
+DRN_CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
+
+
+def _conv_units(cin, cout, count, stride=1, dilation=1):
+  """fyu/drn's `_make_conv_layers`: one Sequential of (conv, BN, ReLU) per 3x3 conv."""
+  modules = []
+  for i in range(count):
+    modules += [nn.Conv2d(cin if i == 0 else cout, cout, 3, stride if i == 0 else 1,
+                          padding=dilation, dilation=dilation, bias=False),
+                nn.BatchNorm2d(cout), nn.ReLU()]
+  return nn.Sequential(*modules)
+
+
+class TorchDRND(nn.Module):
+  """DRN-D without its avgpool: `forward` returns layer8's output, `fc` is only in the
+  state dict. `dilations` are those of layers 5, 6 and 7; others are for the test that the
+  comparison sees them."""
+
+  def __init__(self, depth, width=1.0, num_classes=10, dilations=(2, 4, 2)):
+    super().__init__()
+    bottleneck, counts = DRN_LAYOUTS[depth]
+    block = Bottleneck if bottleneck else BasicBlock
+    c = [channels(k, width) for k in DRN_CHANNELS]
+    self.layer0 = nn.Sequential(nn.Conv2d(3, c[0], 7, 1, padding=3, bias=False),
+                                nn.BatchNorm2d(c[0]), nn.ReLU())
+    self.layer1 = _conv_units(c[0], c[0], counts[0])
+    self.layer2 = _conv_units(c[0], c[1], counts[1], stride=2)
+    self.inplanes = c[1]
+    self.layer3 = self._blocks(block, c[2], counts[2], stride=2)
+    self.layer4 = self._blocks(block, c[3], counts[3], stride=2)
+    self.layer5 = self._blocks(block, c[4], counts[4], dilation=dilations[0])
+    self.layer6 = self._blocks(block, c[5], counts[5], dilation=dilations[1])
+    self.layer7 = _conv_units(self.inplanes, c[6], counts[6], dilation=dilations[2])
+    self.layer8 = _conv_units(c[6], c[7], counts[7])
+    self.fc = nn.Conv2d(c[7], num_classes, 1, bias=True)
+
+  def _blocks(self, block, planes, count, stride=1, dilation=1):
+    out = planes * block.expansion
+    downsample = None
+    if stride != 1 or self.inplanes != out:
+      downsample = nn.Sequential(nn.Conv2d(self.inplanes, out, 1, stride, bias=False),
+                                 nn.BatchNorm2d(out))
+    blocks = [block(self.inplanes, planes, stride, dilation, downsample)]
+    blocks += [block(out, planes, 1, dilation, None) for _ in range(count - 1)]
+    self.inplanes = out
+    return nn.Sequential(*blocks)
+
+  def forward(self, x):
+    for i in range(9):
+      x = getattr(self, f"layer{i}")(x)
+    return x
 
 
 class ReleaseFlow(nn.Module):

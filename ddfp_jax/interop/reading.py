@@ -94,15 +94,19 @@ def read_torch_file(path: str, key: Optional[str] = None,
 
 def read_torch_checkpoint(path: str, trust_pickle: bool = False) -> Dict[str, Any]:
   """A whole PyTorch checkpoint: state dicts (entries whose values are all tensors) as
-  NumPy float32 dicts, other entries (epoch, metrics, optimiser states) as loaded."""
+  NumPy float32 dicts, tensors as NumPy float32 arrays (so a plain state dict comes back
+  whole), other entries (epoch, metrics, optimiser states) as loaded."""
   torch = _import_torch(path)
   obj = _torch_load(torch, path, trust_pickle)
   if not isinstance(obj, Mapping):
     raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+  as_numpy = lambda t: t.detach().cpu().float().numpy()
   out = {}
   for name, value in obj.items():
     if isinstance(value, Mapping) and value and all(torch.is_tensor(v) for v in value.values()):
-      value = {k: v.detach().cpu().float().numpy() for k, v in value.items()}
+      value = {k: as_numpy(v) for k, v in value.items()}
+    elif torch.is_tensor(value):
+      value = as_numpy(value)
     out[name] = value
   return out
 

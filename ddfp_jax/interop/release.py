@@ -122,6 +122,43 @@ def release_train_state(checkpoint: Mapping[str, Any], config, source: str = "th
       extra={**state.extra, "flow_params": flow})
 
 
+def _checkpointer(config, workdir: str):
+  from ddfp_jax.training.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  ckpt_dir = os.path.join(str(workdir), "checkpoints")
+  return ckpt_dir, Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
+
+
+def check_import_target(config, workdir: str, step: int) -> None:
+  """Raises ValueError for a negative step or a `workdir` that already holds checkpoints:
+  an import never overwrites a run."""
+  if step < 0:
+    raise ValueError(f"step must be >= 0, got {step}")
+  if not os.path.isdir(os.path.join(str(workdir), "checkpoints")):
+    return   # (nothing to overwrite, and a refused import leaves no directory behind)
+  ckpt_dir, checkpointer = _checkpointer(config, workdir)
+  try:
+    latest = checkpointer.latest_step()
+  finally:
+    checkpointer.close()
+  if latest is not None:
+    raise ValueError(f"{ckpt_dir} already holds checkpoints (latest step {latest}); import "
+                     f"into an empty workdir.")
+
+
+def write_imported_state(state, config, workdir: str, step: int) -> str:
+  """Saves an imported train state as `workdir/checkpoints/latest/step` (which must not
+  hold checkpoints yet); returns the checkpoint directory."""
+  check_import_target(config, workdir, step)
+  ckpt_dir, checkpointer = _checkpointer(config, workdir)
+  try:
+    checkpointer.save(step, state.replace(step=jnp.asarray(step, state.step.dtype)),
+                      force=True)
+    checkpointer.wait()
+  finally:
+    checkpointer.close()
+  return ckpt_dir
+
+
 def import_release_checkpoint(path: str, config, workdir: str, step: int = 0,
                               trust_pickle: bool = False) -> str:
   """Converts the release's training checkpoint at `path` into an orbax checkpoint of
@@ -133,23 +170,11 @@ def import_release_checkpoint(path: str, config, workdir: str, step: int = 0,
       `workdir` already holds checkpoints, or (StateDictMismatch) the checkpoint does not
       fit `config`'s model or flow.
   """
-  from ddfp_jax.training.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   path = str(path)
-  if step < 0:
-    raise ValueError(f"step must be >= 0, got {step}")
-  ckpt_dir = os.path.join(str(workdir), "checkpoints")
-  checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints)
-  try:
-    if checkpointer.latest_step() is not None:
-      raise ValueError(f"{ckpt_dir} already holds checkpoints (latest step "
-                       f"{checkpointer.latest_step()}); import into an empty workdir.")
-    checkpoint = read_torch_checkpoint(path, trust_pickle)
-    state = release_train_state(checkpoint, config, path)
-    state = state.replace(step=jnp.asarray(step, state.step.dtype))
-    checkpointer.save(step, state, force=True)
-    checkpointer.wait()
-  finally:
-    checkpointer.close()
+  check_import_target(config, workdir, step)
+  checkpoint = read_torch_checkpoint(path, trust_pickle)
+  state = release_train_state(checkpoint, config, path)
+  ckpt_dir = write_imported_state(state, config, workdir, step)
   arch = infer_architecture(strip_module_prefix(checkpoint["model_state"]), "segmentation")
   means = strip_module_prefix(checkpoint["nf_model_state"])["means"]
   progress = ", ".join(f"{k} {checkpoint[k]}" for k in ("epoch", "best_miou")

@@ -1,8 +1,8 @@
 """DRN-D against a PyTorch DRN-D written here from fyu/drn's description, through the
 weight importer.
 
-The reference builds its layers as fyu/drn's `DRN(arch='D')` does, with its state-dict
-names: `layer0`, `layer1`, `layer2`, `layer7`, `layer8` are Sequentials of (conv, BN,
+The reference (tests/torch_reference.py's `TorchDRND`) builds its layers as fyu/drn's
+`DRN(arch='D')` does, with its state-dict names: `layer0`, `layer1`, `layer2`, `layer7`, `layer8` are Sequentials of (conv, BN,
 ReLU); layers 3 to 6 are ResNet blocks (tests/torch_reference.py's, whose names are
 fyu/drn's too), dilated 2 in layer5 and 4 in layer6, first block included. fyu/drn's
 blocks take a (conv1, conv2) dilation pair, but it is (d, d) throughout DRN-D (a
@@ -25,63 +25,13 @@ from torch import nn  # noqa: E402
 import torch_reference as ref  # noqa: E402
 from ddfp_jax.interop import names, pretrained  # noqa: E402
 from ddfp_jax.models.drn import DRN, DRN_LAYOUTS  # noqa: E402
+from torch_reference import TorchDRND  # noqa: E402
 
 TOL = 1e-4
 WIDTH = 1 / 8
 # Odd and non-square: stride-2 layers on odd sizes, swapped H / W; 9 x 7 at stride 8, so
 # that layer6's dilation 4 reads real pixels, not only padding.
 IMAGE_SHAPE = (2, 67, 53, 3)
-CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
-
-
-def _conv_units(cin, cout, count, stride=1, dilation=1):
-  """fyu/drn's `_make_conv_layers`: one Sequential of (conv, BN, ReLU) per 3x3 conv."""
-  modules = []
-  for i in range(count):
-    modules += [nn.Conv2d(cin if i == 0 else cout, cout, 3, stride if i == 0 else 1,
-                          padding=dilation, dilation=dilation, bias=False),
-                nn.BatchNorm2d(cout), nn.ReLU()]
-  return nn.Sequential(*modules)
-
-
-class TorchDRND(nn.Module):
-  """DRN-D without its avgpool: `forward` returns layer8's output, `fc` is only in the
-  state dict. `dilations` are those of layers 5, 6 and 7; others are for the test that the
-  comparison sees them."""
-
-  def __init__(self, depth, width=1.0, num_classes=10, dilations=(2, 4, 2)):
-    super().__init__()
-    bottleneck, counts = DRN_LAYOUTS[depth]
-    block = ref.Bottleneck if bottleneck else ref.BasicBlock
-    c = [ref.channels(k, width) for k in CHANNELS]
-    self.layer0 = nn.Sequential(nn.Conv2d(3, c[0], 7, 1, padding=3, bias=False),
-                                nn.BatchNorm2d(c[0]), nn.ReLU())
-    self.layer1 = _conv_units(c[0], c[0], counts[0])
-    self.layer2 = _conv_units(c[0], c[1], counts[1], stride=2)
-    self.inplanes = c[1]
-    self.layer3 = self._blocks(block, c[2], counts[2], stride=2)
-    self.layer4 = self._blocks(block, c[3], counts[3], stride=2)
-    self.layer5 = self._blocks(block, c[4], counts[4], dilation=dilations[0])
-    self.layer6 = self._blocks(block, c[5], counts[5], dilation=dilations[1])
-    self.layer7 = _conv_units(self.inplanes, c[6], counts[6], dilation=dilations[2])
-    self.layer8 = _conv_units(c[6], c[7], counts[7])
-    self.fc = nn.Conv2d(c[7], num_classes, 1, bias=True)
-
-  def _blocks(self, block, planes, count, stride=1, dilation=1):
-    out = planes * block.expansion
-    downsample = None
-    if stride != 1 or self.inplanes != out:
-      downsample = nn.Sequential(nn.Conv2d(self.inplanes, out, 1, stride, bias=False),
-                                 nn.BatchNorm2d(out))
-    blocks = [block(self.inplanes, planes, stride, dilation, downsample)]
-    blocks += [block(out, planes, 1, dilation, None) for _ in range(count - 1)]
-    self.inplanes = out
-    return nn.Sequential(*blocks)
-
-  def forward(self, x):
-    for i in range(9):
-      x = getattr(self, f"layer{i}")(x)
-    return x
 
 
 def _image(seed=0):
