@@ -14,7 +14,9 @@ three sources; every result is (K, m, D), m centroids per class, rows L2-normali
   (the release's layout: its last row, the "None" label, is dropped, as the release does
   when scoring) or (K, m, D).
 
-Centroids are computed once, between the two stages, on the host: NumPy.
+These are host-side NumPy helpers for files made offline; inside a run, "centroids"
+(one per class or several by k-means) are summed on the device by the collect stage
+(`ddfp_jax.methods.usss`).
 """
 import os
 from typing import Dict, Mapping, Tuple

@@ -20,8 +20,18 @@ fixed, L2-normalised rows (`usss.label_embeddings`):
   stage 1 (only the entropies read it), so the centroids live in the coordinates the
   entropies are computed in: a fixed random projection of the stage-1 encoder's
   features, the role the unseen paper gives PCA. A class no labeled pixel showed keeps
-  a random row. One centroid per class; several per class (k-means,
-  `label_embeddings.class_centroids`) come in through "file".
+  a random row. With `usss.per_class` m > 1 (the paper's several centroids per class)
+  the collect epochs run k-means within each class, one Lloyd iteration per epoch,
+  summed on the device like the means (`make_extra_update`): the first collect epoch
+  takes each class's mean and spread s (RMS distance of its pixels to the mean); the
+  m seeds are mean + s r_j, r_j the class's fixed random unit rows; each later epoch
+  assigns every labeled pixel to the nearest (Euclidean) of its class's centres and
+  sums it there, and its first step makes the last epoch's cluster means the centres
+  (a cluster left empty keeps its centre). Stage 2 scores against the last epoch's
+  cluster means, normalised, the m rows of a class reduced by `usss.reduce`. The
+  encoder still trains while it collects, as with one centroid (the centres move with
+  it, an epoch at a time); `label_embeddings.class_centroids` is the same k-means
+  offline, for "file".
 - "random": the release's default, N(0, 1) rows (`usss.per_class` per class) from
   config.seed, fixed for the run; stage 2 from `schedule.sup_only_epochs` (the release: 0).
 - "file": a user's `.npz` (`label_embeddings.read_embedding_file`, `usss.embedding_file`).
@@ -83,7 +93,9 @@ def config_block() -> ml_collections.ConfigDict:
   block.temperature = 1.0             # of the cross-domain scores (the release: 1)
   block.label_embeddings = "centroids"  # "centroids" | "random" | "file" (module docstring)
   block.collect_epochs = 1            # "centroids": the last stage-1 epochs that collect
-  block.per_class = 1                 # "random": rows per class
+  # Rows per class: "random" draws them, "centroids" finds them by k-means (more than one
+  # needs collect_epochs >= 2: the mean, then one Lloyd iteration per further epoch).
+  block.per_class = 1
   block.embedding_file = ""           # "file": the .npz
   block.reduce = "logsumexp"          # several rows per class: "logsumexp" | "max"
   block.upsample = "bilinear"         # score maps and logits: "bilinear" | "deconv"
@@ -114,8 +126,10 @@ def phase_at(config, step: int) -> Phase:
 
 
 def init_extra(config, rng, feature_dim: int):
-  """{"label_embeddings": {d: (K_d, m, D)}}, and for "centroids" the per-class sums and
-  pixel counts the collect stage fills ({d: (K_d, D)}, {d: (K_d,)})."""
+  """{"label_embeddings": {d: (K_d, m, D)}}, and for "centroids" what the collect stage
+  sums: per class and cluster the embeddings and pixel counts ({d: (K_d, m, D)},
+  {d: (K_d, m)}); for m > 1 also the k-means centres ({d: (K_d, m, D)}, zero until the
+  first collect epoch ends) and each class's summed squared norms ({d: (K_d,)})."""
   del rng, feature_dim
   u, names, ks = config.usss, domain_names(config), num_classes(config)
   dim = u.embedding_dim
@@ -123,28 +137,39 @@ def init_extra(config, rng, feature_dim: int):
     table = embeddings_lib.read_embedding_file(u.embedding_file, dict(zip(names, ks)), dim)
   else:
     # Seeded per domain from config.seed: the same rows on every process and resume.
-    per = u.per_class if u.label_embeddings == "random" else 1
-    table = {d: embeddings_lib.random_embeddings(config.seed * 1009 + i, k, dim, per)
+    table = {d: embeddings_lib.random_embeddings(config.seed * 1009 + i, k, dim, u.per_class)
              for i, (d, k) in enumerate(zip(names, ks))}
   extra = {"label_embeddings": {d: jnp.asarray(v) for d, v in table.items()}}
   if u.label_embeddings == "centroids":
-    extra["sums"] = {d: jnp.zeros((k, dim), jnp.float32) for d, k in zip(names, ks)}
-    extra["counts"] = {d: jnp.zeros((k,), jnp.float32) for d, k in zip(names, ks)}
+    m = u.per_class
+    extra["sums"] = {d: jnp.zeros((k, m, dim), jnp.float32) for d, k in zip(names, ks)}
+    extra["counts"] = {d: jnp.zeros((k, m), jnp.float32) for d, k in zip(names, ks)}
+    if m > 1:
+      extra["centres"] = {d: jnp.zeros((k, m, dim), jnp.float32) for d, k in zip(names, ks)}
+      extra["square_sums"] = {d: jnp.zeros((k,), jnp.float32) for d, k in zip(names, ks)}
   return extra
 
 
+def _normalize(x):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def current_embeddings(extra) -> Dict[str, jax.Array]:
-  """The (K, m, D) label embeddings stage 2 scores against: the collected class means
-  where a class has pixels, the fixed rows otherwise (and for "random" / "file")."""
+  """The (K, m, D) label embeddings stage 2 scores against: the collected (cluster) means
+  where they have pixels; else the cluster's k-means centre where its class had pixels;
+  else the fixed rows (and for "random" / "file" those only)."""
   table = extra["label_embeddings"]
   if "sums" not in extra:
     return table
   out = {}
   for d, fixed in table.items():
     sums, counts = extra["sums"][d], extra["counts"][d]
-    norm = jnp.linalg.norm(sums, axis=-1, keepdims=True)
-    means = (sums / jnp.maximum(norm, 1e-12))[:, None]
-    out[d] = jnp.where((counts > 0)[:, None, None], means, fixed)
+    fallback = fixed
+    if "centres" in extra:
+      centres = extra["centres"][d]
+      set_ = jnp.any(centres != 0, axis=-1, keepdims=True)
+      fallback = jnp.where(set_, _normalize(centres), fixed)
+    out[d] = jnp.where((counts > 0)[..., None], _normalize(sums), fallback)
   return out
 
 
@@ -209,25 +234,69 @@ def make_loss(tools):
   return loss
 
 
+def _split_seeds(sums, counts, square_sums, rows):
+  """k-means seeds (K, m, D) from a collect epoch of one cluster per class: mean + s r_j,
+  s the RMS distance of the class's pixels to its mean, r_j its fixed unit rows."""
+  n = jnp.maximum(counts[:, 0], 1.0)[:, None]
+  mean = sums[:, 0] / n
+  spread = jnp.sqrt(jnp.maximum(square_sums[:, None] / n - jnp.sum(mean ** 2, -1,
+                                                                     keepdims=True), 0.0))
+  return mean[:, None] + spread[:, None] * rows
+
+
+def _cluster_means(sums, counts, centres):
+  """Each cluster's mean; an empty cluster keeps its centre."""
+  has = (counts > 0)[..., None]
+  return jnp.where(has, sums / jnp.maximum(counts, 1.0)[..., None], centres)
+
+
 def make_extra_update(tools):
-  axis = tools.axis_name
-  names = domain_names(tools.config)
-  ks = dict(zip(names, num_classes(tools.config)))
+  """The collect stage: per class (and, for m > 1, per k-means cluster) the sums and
+  counts of the labeled pixels' embeddings, over all devices (module docstring)."""
+  config, axis = tools.config, tools.axis_name
+  names = domain_names(config)
+  ks = dict(zip(names, num_classes(config)))
+  m, spe = config.usss.per_class, config.steps_per_epoch
+  first_collect = config.schedule.sup_only_epochs - config.usss.collect_epochs
+  kmeans = m > 1 and config.usss.label_embeddings == "centroids"
 
   def update(extra, inputs, rng):
     del rng
     if inputs.phase.stage != "collect":
       return extra, {}
-    sums, counts = dict(extra["sums"]), dict(extra["counts"])
+    extra = {k: dict(v) for k, v in extra.items()}
+    step = inputs.state.step
+    iteration = step // spe - first_collect        # the collect epoch, 0, 1, ...
+    new_epoch = (step % spe == 0) & (iteration >= 1)
     seen = []
     for d in names:
       e, label = inputs.outputs[d]
       onehot = jax.nn.one_hot(label, ks[d], dtype=jnp.float32)   # ignore -> a zero row
-      sums[d] = sums[d] + jax.lax.psum(jnp.einsum("nhwk,nhwd->kd", onehot, e), axis)
-      counts[d] = counts[d] + jax.lax.psum(jnp.sum(onehot, axis=(0, 1, 2)), axis)
-      seen.append(jnp.mean((counts[d] > 0).astype(jnp.float32)))
-    return dict(extra, sums=sums, counts=counts), {
-        "centroid_classes_seen": sum(seen) / len(seen)}
+      sums, counts = extra["sums"][d], extra["counts"][d]
+      if not kmeans:
+        weights = onehot[..., None]
+      else:
+        # Each later epoch starts from the clusters the previous one summed.
+        centres = jnp.where(iteration == 1,
+                            _split_seeds(sums, counts, extra["square_sums"][d],
+                                         extra["label_embeddings"][d]),
+                            _cluster_means(sums, counts, extra["centres"][d]))
+        centres = jnp.where(new_epoch, centres, extra["centres"][d])
+        sums = jnp.where(new_epoch, 0.0, sums)
+        counts = jnp.where(new_epoch, 0.0, counts)
+        extra["centres"][d] = centres
+        # Squared distances up to the pixel's own norm: |c|^2 - 2 e.c, per class k and
+        # cluster j; a pixel sums into its class's nearest cluster (the first epoch: 0).
+        dist = (jnp.sum(centres ** 2, -1) - 2.0 * jnp.einsum("nhwd,kmd->nhwkm", e, centres))
+        nearest = jax.nn.one_hot(jnp.argmin(dist, -1), m, dtype=jnp.float32)
+        first = jax.nn.one_hot(jnp.zeros(dist.shape[:-1], jnp.int32), m, dtype=jnp.float32)
+        weights = onehot[..., None] * jnp.where(iteration == 0, first, nearest)
+        square = jnp.einsum("nhwk,nhw->k", onehot, jnp.sum(e ** 2, -1))
+        extra["square_sums"][d] = extra["square_sums"][d] + jax.lax.psum(square, axis)
+      extra["sums"][d] = sums + jax.lax.psum(jnp.einsum("nhwkm,nhwd->kmd", weights, e), axis)
+      extra["counts"][d] = counts + jax.lax.psum(jnp.sum(weights, axis=(0, 1, 2)), axis)
+      seen.append(jnp.mean((jnp.sum(extra["counts"][d], -1) > 0).astype(jnp.float32)))
+    return extra, {"centroid_classes_seen": sum(seen) / len(seen)}
   return update
 
 
@@ -265,6 +334,12 @@ def check_config(config) -> list:
                     f"usss.collect_epochs ({u.collect_epochs}) of the "
                     f"schedule.sup_only_epochs ({config.schedule.sup_only_epochs}) "
                     "supervised epochs: set 1 <= collect_epochs <= sup_only_epochs")
+  if (u.label_embeddings == "centroids" and u.per_class > 1 and u.collect_epochs < 2
+      and uses_entropy(config)):
+    problems.append(f"usss.per_class ({u.per_class}) centroids per class are found by "
+                    f"k-means over the collect epochs, the first for the class means, one "
+                    f"Lloyd iteration per further epoch: set usss.collect_epochs to 2 or "
+                    f"more (it is {u.collect_epochs})")
   if u.label_embeddings == "file" and not u.embedding_file:
     problems.append("usss.label_embeddings 'file' reads usss.embedding_file: give the .npz")
   if u.alpha < 0 or u.beta < 0:

@@ -146,8 +146,9 @@ def test_collect_stage_sums_labeled_embeddings_per_class_and_scores_their_means(
     small = label[:, rows][:, :, rows]                     # nearest, floor(i * in / out)
     sums = np.stack([e[small == c].sum(0) for c in range(k)])
     counts = np.asarray([(small == c).sum() for c in range(k)])
-    np.testing.assert_allclose(np.asarray(new.extra["sums"][d]), sums, rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(np.asarray(new.extra["counts"][d]), counts)
+    np.testing.assert_allclose(np.asarray(new.extra["sums"][d])[:, 0], sums, rtol=1e-4,
+                               atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(new.extra["counts"][d])[:, 0], counts)
     table = np.asarray(usss.current_embeddings(new.extra)[d])[:, 0]
     for c in range(k):
       expected = (sums[c] / np.linalg.norm(sums[c]) if counts[c] else
@@ -155,6 +156,128 @@ def test_collect_stage_sums_labeled_embeddings_per_class_and_scores_their_means(
       np.testing.assert_allclose(table[c], expected, rtol=1e-4, atol=1e-5)
     seen.append(np.mean(counts > 0))
   assert float(metrics["centroid_classes_seen"]) == pytest.approx(np.mean(seen))
+
+
+# ---- several centroids per class: k-means over the collect epochs ------------------------
+
+KMEANS = {"schedule.sup_only_epochs": 4, "usss.collect_epochs": 3, "usss.per_class": 2,
+          "steps_per_epoch": 2}
+
+
+def collect_steps(config, extra, inputs):
+  """`make_extra_update` over the collect steps, one device: inputs = [(step, outputs)]."""
+  tools = train_step.make_tools(config)
+  update = usss.make_extra_update(tools)
+  phase = usss.Phase(False, "collect")
+
+  def run(extra, step, outputs):
+    state = type("State", (), {"step": step})()     # all the update reads of the state
+    return update(extra, StepInputs(state, None, phase, None, None, outputs), None)
+  run = jax.pmap(run, axis_name=train_step.AXIS)
+  extra = jax.tree.map(lambda x: x[None], extra)
+  for step, outputs in inputs:
+    assert usss.phase_at(config, step).stage == "collect"
+    extra, _ = run(extra, jnp.asarray([step]), jax.tree.map(lambda x: x[None], outputs))
+  return jax.tree.map(lambda x: np.asarray(x[0]), extra)
+
+
+def np_streaming_kmeans(epochs, k, rows):
+  """The collect stage's k-means from its description, per class: epoch 0 the mean and the
+  RMS distance s to it; seeds mean + s r_j; each later epoch assigns to the nearest centre
+  of the previous epoch's (cluster means; an empty cluster keeps its centre) and sums."""
+  m, dim = rows.shape[1:]
+  centres = np.zeros((k, m, dim))
+  sums, counts = np.zeros((k, m, dim)), np.zeros((k, m))
+  previous = None
+  for t, pixels in enumerate(epochs):           # pixels: [(e (P, D), labels (P,))]
+    e = np.concatenate([p[0] for p in pixels]).astype(np.float64)
+    y = np.concatenate([p[1] for p in pixels])
+    if t == 1:
+      for c in range(k):
+        members = previous[0][previous[1] == c]
+        mean = members.mean(0) if len(members) else np.zeros(dim)
+        s = np.sqrt(np.mean(np.sum((members - mean) ** 2, -1))) if len(members) else 0.0
+        centres[c] = mean + s * rows[c]
+    elif t > 1:
+      centres = np.where(counts[..., None] > 0, sums / np.maximum(counts, 1)[..., None],
+                         centres)
+    sums, counts = np.zeros((k, m, dim)), np.zeros((k, m))
+    for c in range(k):
+      for point in e[y == c]:
+        j = 0 if t == 0 else int(np.argmin(((centres[c] - point) ** 2).sum(-1)))
+        sums[c, j] += point
+        counts[c, j] += 1
+    previous = e, y
+  return sums, counts, centres
+
+
+def _collect_inputs(config, draw):
+  """(step, outputs) of every collect step, pixels from draw(rs, domain, k) -> (e, y)."""
+  first = (config.schedule.sup_only_epochs - config.usss.collect_epochs) * config.steps_per_epoch
+  last = config.schedule.sup_only_epochs * config.steps_per_epoch
+  rs = np.random.RandomState(3)
+  out = []
+  for step in range(first, last):
+    outputs = {}
+    for d, k in zip(usss.domain_names(config), usss.num_classes(config)):
+      e, y = draw(rs, d, k)
+      outputs[d] = (jnp.asarray(e.reshape(2, 3, 4, -1)), jnp.asarray(y.reshape(2, 3, 4)))
+    out.append((step, outputs))
+  return out
+
+
+def test_collect_epochs_run_kmeans_as_the_numpy_reference():
+  config = usss_config(**KMEANS)
+  state = create_train_state(config, jax.random.key(0))
+
+  def draw(rs, d, k):
+    y = rs.randint(0, k + 2, size=24)             # classes, some unlabeled (>= k), one unseen
+    y = np.where(y == 1, k + 1, y)
+    y = np.where(y >= k, 255, y)
+    return rs.randn(24, 8).astype(np.float32) + y[:, None] % 3, y
+  inputs = _collect_inputs(config, draw)
+  extra = collect_steps(config, state.extra, inputs)
+  spe = config.steps_per_epoch
+  for d, k in zip(usss.domain_names(config), usss.num_classes(config)):
+    rows = np.asarray(state.extra["label_embeddings"][d], np.float64)
+    epochs = [[(np.asarray(o[d][0]).reshape(-1, 8), np.asarray(o[d][1]).reshape(-1))
+               for _, o in inputs[t * spe:(t + 1) * spe]] for t in range(3)]
+    sums, counts, centres = np_streaming_kmeans(epochs, k, rows)
+    np.testing.assert_array_equal(extra["counts"][d], counts)
+    np.testing.assert_allclose(extra["sums"][d], sums, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(extra["centres"][d], centres, rtol=1e-4, atol=1e-4)
+    table = np.asarray(usss.current_embeddings(extra)[d])
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    for c in range(k):
+      for j in range(2):
+        want = (unit(sums[c, j]) if counts[c, j] else
+                unit(centres[c, j]) if np.any(centres[c, j]) else rows[c, j])
+        np.testing.assert_allclose(table[c, j], want, rtol=1e-4, atol=1e-5)
+    assert not np.any(counts[1]) and np.allclose(table[1], rows[1], atol=1e-6)   # unseen
+
+
+def test_kmeans_finds_two_clusters_within_a_class():
+  """Each class's pixels from two tight blobs: the two centroids are the blobs'
+  directions (in some order), whatever the seeds."""
+  config = usss_config(**KMEANS)
+  state = create_train_state(config, jax.random.key(0))
+  rs = np.random.RandomState(0)
+  blobs = {d: rs.randn(k, 2, 8) * 3 for d, k in zip(usss.domain_names(config),
+                                                     usss.num_classes(config))}
+
+  def draw(rs, d, k):
+    y = rs.randint(0, k, size=24)
+    which = rs.randint(0, 2, size=24)
+    return (blobs[d][y, which] + 0.05 * rs.randn(24, 8)).astype(np.float32), y
+  extra = collect_steps(config, state.extra, _collect_inputs(config, draw))
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  for d, blob in blobs.items():
+    table = np.asarray(usss.current_embeddings(extra)[d])
+    seen = extra["counts"][d].sum(-1) > 0
+    for c in np.flatnonzero(seen):
+      want = unit(blob[c])
+      error = min(np.abs(table[c] - want).max(), np.abs(table[c] - want[::-1]).max())
+      assert error < 0.05, (d, c, error)
 
 
 def test_joint_training_reads_no_unlabeled_image():
@@ -172,6 +295,7 @@ def test_joint_training_reads_no_unlabeled_image():
     ({"usss.domains": "day,nigth"}, "a misspelt domain?"),
     ({"usss.collect_epochs": 2}, "1 <= collect_epochs <= sup_only_epochs"),
     ({"usss.label_embeddings": "file"}, "usss.embedding_file"),
+    ({"usss.per_class": 3}, "set usss.collect_epochs to 2 or more"),
     ({"usss.alpha": -1.0}, "0 or more"),
     ({"usss.encoder": "vgg"}, "'usss.encoder' is 'vgg'"),
     ({"train.num_images": 2}, "train.num_images=0"),
