@@ -24,6 +24,11 @@ labeled validation images, in inference mode:
   next to the strong view's own says how much the perturbation adds. A density-descending step that lowers the density no more than a random one, or
   that never changes a prediction, cannot teach more than random noise does.
 
+USSS runs have no teacher: for them each domain's validation set is measured as
+`ddfp_jax.tools.usss_diagnosis` says (embedding norm, the entropies its loss minimises,
+the entropy of the normalised embeddings, and how often the best label embedding is the
+true class), beside the same training losses.
+
 Written to OUT (default results/): NAME_diagnosis.json and NAME_diagnosis.md.
 """
 import argparse
@@ -147,6 +152,9 @@ def diagnose(config, state) -> dict:
   """The measurements of one state on the validation set (module docstring)."""
   import jax  # pylint: disable=import-outside-toplevel
   from ddfp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  if config.method == "usss":
+    from ddfp_jax.tools import usss_diagnosis  # pylint: disable=import-outside-toplevel
+    return {"usss": usss_diagnosis.diagnose(config, state)}
   measure = make_measure(config, state)
   ignore = config.data.ignore_label
   sums: Dict = {}
@@ -240,8 +248,19 @@ def _argv_of(record: dict) -> List[str]:
 
 
 def markdown(name: str, rows: Sequence[dict], command: str) -> str:
-  lines = [f"# {name}: diagnosis", "", f"`{command}`", "",
-           "Teacher pseudo labels on the validation scenes at the threshold (coverage: share of "
+  lines = [f"# {name}: diagnosis", "", f"`{command}`", ""]
+  usss_rows = [r for r in rows if "usss" in r["diagnosis"]]
+  if usss_rows:
+    from ddfp_jax.tools import usss_diagnosis  # pylint: disable=import-outside-toplevel
+    lines += usss_diagnosis.markdown(usss_rows) + [""]
+  taught = [r for r in rows if "usss" not in r["diagnosis"]]
+  if taught:
+    lines += _teacher_lines(taught)
+  return "\n".join(lines + _loss_lines(rows)) + "\n"
+
+
+def _teacher_lines(rows: Sequence[dict]) -> List[str]:
+  lines = ["Teacher pseudo labels on the validation scenes at the threshold (coverage: share of "
            "a class's pixels whose confidence passes it; accuracy: share of those that are "
            "right), in %:", "",
            "| run | step | background coverage / accuracy | other classes coverage / accuracy |",
@@ -276,6 +295,11 @@ def markdown(name: str, rows: Sequence[dict], command: str) -> str:
           f"{100 * d['density_descending_keeps_pseudo_label']:.1f} / "
           f"{100 * d['random_keeps_pseudo_label']:.1f} | {d['clean_ce']:.3f} / "
           f"{d['density_descending_ce']:.3f} / {d['random_ce']:.3f} |")
+  return lines
+
+
+def _loss_lines(rows: Sequence[dict]) -> List[str]:
+  lines = []
   logged = [r for r in rows if r.get("late_training_losses")]
   if logged:
     names = sorted({k for r in logged for k in r["late_training_losses"]})
@@ -286,7 +310,7 @@ def markdown(name: str, rows: Sequence[dict], command: str) -> str:
       losses = r["late_training_losses"]
       lines.append(f"| {r['run']} | " + " | ".join(
           f"{losses[n]:.3f}" if n in losses else "-" for n in names) + " |")
-  return "\n".join(lines) + "\n"
+  return lines
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -124,3 +124,54 @@ def test_a_real_harness_run_is_read_back_and_diagnosed(tmp_path):
   (again,) = json.loads((out / "again_diagnosis.json").read_text())["runs"]
   assert again["diagnosis"] == row["diagnosis"]
   assert diagnose.main(["--name", "x", "--runs", str(tmp_path / "nothing")]) == 2
+
+
+USSS_DATA = {"method": "usss", "usss.embedding_dim": 8, "data.num_classes": 11,
+             "data.demo_image_size": 48, "data.demo_labeled": 4, "data.demo_unlabeled": 8,
+             "data.demo_validation": 4, "data.eval_per_device": 2}
+
+
+def test_usss_measurements_scale_with_the_embedding_as_they_must(tmp_path):
+  """On a fresh usss state, the embedding head's output scaled by 4: the mean norm is 4x,
+  the entropy of e / |e|, which label embedding scores highest, and the heads are
+  unchanged, the entropies of e themselves move. The head's accuracy is the evaluation's
+  pixel accuracy (evaluate.py's confusion matrix, another computation)."""
+  from ddfp_jax.data import domains
+  from ddfp_jax.tools import usss_diagnosis
+  from ddfp_jax.training import trainer
+  config = tiny_config(**USSS_DATA, **{"data.data_dir": str(tmp_path / "tfds")})
+  domains.prepare(config)
+  state = create_train_state(config, jax.random.key(0))
+  base = usss_diagnosis.diagnose(config, state)
+  embedding = dict(state.params["embedding"])
+  scaled = state.replace(params={**state.params, "embedding": jax.tree.map(
+      lambda x: 4.0 * x, embedding)})
+  big = usss_diagnosis.diagnose(config, scaled)
+  evaluated = trainer.evaluate_state(config, state)
+  assert set(base) == {"day", "night"}
+  for d in base:
+    assert set(base[d]) == set(usss_diagnosis.TERMS)
+    np.testing.assert_allclose(big[d]["embedding_norm"], 4 * base[d]["embedding_norm"],
+                               rtol=1e-5)
+    for term in ("within_unit", "embedding_accuracy", "head_accuracy"):
+      np.testing.assert_allclose(big[d][term], base[d][term], rtol=1e-5, atol=1e-6)
+    assert abs(big[d]["within"] - base[d]["within"]) > 1e-3
+    assert 0.0 <= base[d]["within"] <= np.log(11 if d == "day" else 6) + 1e-6
+    np.testing.assert_allclose(base[d]["head_accuracy"],
+                               evaluated[f"student/{d}/pixel_accuracy"], rtol=1e-6)
+
+  # Through the command line on a saved state: the report has the USSS table.
+  from ddfp_jax.training.checkpoint import Checkpointer
+  from tests.tiny import as_flags
+  with Checkpointer(str(tmp_path / "run" / "checkpoints")) as ckpt:
+    ckpt.save(0, state, force=True)
+    ckpt.wait()
+  flags = as_flags({**USSS_DATA, "data.data_dir": str(tmp_path / "tfds")})
+  assert diagnose.main(["--name", "u", "--config", os.path.join(REPO, "configs", "demo.py"),
+                        "--workdir", str(tmp_path / "run"), "--out", str(tmp_path), "--",
+                        *flags]) == 0
+  (row,) = json.loads((tmp_path / "u_diagnosis.json").read_text())["runs"]
+  assert row["diagnosis"]["usss"]["night"]["embedding_norm"] == pytest.approx(
+      base["night"]["embedding_norm"], rel=1e-6)
+  table = (tmp_path / "u_diagnosis.md").read_text()
+  assert "| run | domain | ‖e‖ |" in table and "| run | step | background" not in table
