@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddfp_jax.interop.merge import merge_checked
 from ddfp_jax.interop.names import (COLLECTIONS, DRN_KIND, KINDS, StateDictMismatch,
                                     describe_architecture, detect_kind, encoder_state_dict,
                                     infer_architecture, is_dropped, strip_module_prefix,
@@ -126,22 +127,11 @@ def _merge(variables: PyTree, partial: PyTree, source: str) -> PyTree:
   `partial` must cover either the backbone or the whole model exactly, with the same
   shapes; the result keeps `variables`' dtypes.
   """
-  flat_vars = traverse_util.flatten_dict(dict(variables))
   flat_new = traverse_util.flatten_dict(dict(partial))
   backbone_only = all(len(k) > 1 and k[1] == "backbone" for k in flat_new)
-  scope = [k for k in flat_vars if k[0] in COLLECTIONS and (not backbone_only or
-                                                            k[1] == "backbone")]
-  name = "/".join
-  missing = [name(k) for k in scope if k not in flat_new]
-  unexpected = [name(k) for k in flat_new if k not in flat_vars]
-  wrong_shape = [f"{name(k)} (file {tuple(v.shape)}, model {tuple(flat_vars[k].shape)})"
-                 for k, v in flat_new.items()
-                 if k in flat_vars and tuple(v.shape) != tuple(flat_vars[k].shape)]
-  if missing or unexpected or wrong_shape:
-    raise StateDictMismatch(source, missing, unexpected, wrong_shape)
-  for k, v in flat_new.items():
-    flat_vars[k] = jnp.asarray(v, dtype=flat_vars[k].dtype)
-  return traverse_util.unflatten_dict(flat_vars)
+  return merge_checked(
+      dict(variables), partial, source,
+      wanted=lambda k: k[0] in COLLECTIONS and (not backbone_only or k[1] == "backbone"))
 
 
 def _read(variables: PyTree, path: str, key: Optional[str], backbone_only: bool,

@@ -16,11 +16,11 @@ import os
 import re
 from typing import Any, Mapping
 
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddfp_jax.interop.merge import merge_checked
 from ddfp_jax.interop.names import (StateDictMismatch, describe_architecture,
                                     infer_architecture, strip_module_prefix)
 from ddfp_jax.interop.pretrained import convert_state_dict
@@ -64,17 +64,7 @@ def release_flow_variables(state_dict: Mapping[str, Any], target: PyTree,
   except (KeyError, ValueError) as e:
     raise ValueError(f"{source}: {e.args[0] if e.args else e}") from e
   params = {"flow": flow, "means": np.asarray(state_dict["means"], np.float32)}
-  flat_new = traverse_util.flatten_dict(params)
-  flat_target = traverse_util.flatten_dict(dict(target["params"]))
-  name = "/".join
-  wrong_shape = [f"{name(k)} (file {tuple(v.shape)}, model {tuple(flat_target[k].shape)})"
-                 for k, v in flat_new.items()
-                 if k in flat_target and tuple(v.shape) != tuple(flat_target[k].shape)]
-  missing = [name(k) for k in flat_target if k not in flat_new]
-  if wrong_shape or missing:
-    raise StateDictMismatch(source, missing, [], wrong_shape)
-  return {"params": traverse_util.unflatten_dict(
-      {k: jnp.asarray(v, flat_target[k].dtype) for k, v in flat_new.items()})}
+  return {"params": merge_checked(target["params"], params, source)}
 
 
 def release_train_state(checkpoint: Mapping[str, Any], config, source: str = "the checkpoint"):

@@ -14,11 +14,11 @@ there with the same shape, or the run stops naming what differs (`WarmStartError
 import os
 from typing import Any, Tuple
 
-import flax
 import jax
 import jax.numpy as jnp
 
 from ddfp_jax.config.check import ConfigError
+from ddfp_jax.interop.merge import merge_checked
 from ddfp_jax.interop.names import StateDictMismatch
 from ddfp_jax.training.checkpoint import Checkpointer
 
@@ -42,21 +42,10 @@ def _is_fresh(path: Tuple[str, ...]) -> bool:
 
 
 def _take(target: Any, source: Any, where: str) -> Any:
-  """`target` (a variable collection) with every leaf outside the heads from `source`."""
-  flat_target = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
-  flat_source = flax.traverse_util.flatten_dict(source or {})
-  name = "/".join
-  wanted = [k for k in flat_target if not _is_fresh(k)]
-  missing = [name(k) for k in wanted if k not in flat_source]
-  wrong = [f"{name(k)} (source {tuple(flat_source[k].shape)}, this run "
-           f"{tuple(flat_target[k].shape)})"
-           for k in wanted if k in flat_source
-           and tuple(flat_source[k].shape) != tuple(flat_target[k].shape)]
-  if missing or wrong:
-    raise StateDictMismatch(where, missing, [], wrong)
-  for k in wanted:
-    flat_target[k] = jnp.asarray(flat_source[k], flat_target[k].dtype)
-  return flax.traverse_util.unflatten_dict(flat_target)
+  """`target` (a variable collection) with every leaf outside the heads from `source`
+  (whose own heads, of other domains, are ignored)."""
+  return merge_checked(target, source, where, wanted=lambda k: not _is_fresh(k),
+                       allow_unexpected=True, sides=("source", "this run"))
 
 
 def from_run(state, workdir: str):
