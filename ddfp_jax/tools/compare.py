@@ -136,25 +136,34 @@ def command(config: str, run_dir: str, run: Run, common: Sequence[str]) -> List[
           run_dir, *config_flags_of(run, common)]
 
 
-def fingerprint(config: str, run: Run, common: Sequence[str]) -> Optional[str]:
-  """The fingerprint of the run's whole config (None if it cannot be loaded here: the run
-  itself will then say what is wrong)."""
+def load_run_config(config: str, run: Run, common: Sequence[str]):
+  """The run's whole config as main.py loads it, or None if it cannot be loaded here (the
+  run itself will then say what is wrong)."""
   from ddfp_jax.config import loading  # pylint: disable=import-outside-toplevel
   try:
-    return loading.fingerprint(loading.load(config, config_flags_of(run, common)))
+    return loading.load(config, config_flags_of(run, common))
   except Exception:  # pylint: disable=broad-except
     return None
 
 
-def prepare_data(config: str, run: Run, common: Sequence[str]) -> None:
-  """Makes the run's datasets ready here, before runs start side by side: two runs that
-  both find a dataset missing would both build it, and the second one's rename fails.
-  A config that does not load is left to the run to report."""
-  # pylint: disable=import-outside-toplevel
-  from ddfp_jax.config import loading
-  from ddfp_jax.data import domains
+def fingerprint(loaded) -> Optional[str]:
+  """The fingerprint of a run's loaded config (None for one that did not load)."""
+  from ddfp_jax.config import loading  # pylint: disable=import-outside-toplevel
   try:
-    domains.prepare(loading.load(config, config_flags_of(run, common)))
+    return None if loaded is None else loading.fingerprint(loaded)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def prepare_data(loaded) -> None:
+  """Makes a run's datasets ready here, before runs start side by side: two runs that
+  both find a dataset missing would both build it, and the second one's rename fails.
+  A config that does not load or prepare is left to the run to report."""
+  from ddfp_jax.data import domains  # pylint: disable=import-outside-toplevel
+  if loaded is None:
+    return
+  try:
+    domains.prepare(loaded)
   except Exception:  # pylint: disable=broad-except
     return
 
@@ -266,7 +275,8 @@ def run_all(runs: Sequence[Run], config: str, root: str, common: Sequence[str],
   # A run whose whole config equals a finished run's (another row, or another table in the
   # same WORKDIR, e.g. the eps sweep's default value and Table 4's row) is not run again.
   config_of = lambda r: f"{config}:{r.variant.method}" if config_per_method else config
-  prints = {r: fingerprint(config_of(r), r, common) for r in todo}
+  loaded = {r: load_run_config(config_of(r), r, common) for r in todo}
+  prints = {r: fingerprint(loaded[r]) for r in todo}
   finished = finished_by_fingerprint(os.path.dirname(os.path.normpath(root)))
   for run in list(todo):
     source = finished.get(prints[run])
@@ -277,7 +287,7 @@ def run_all(runs: Sequence[Run], config: str, root: str, common: Sequence[str],
   log(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to run.")
   if parallel > 1:
     for run in todo:
-      prepare_data(config_of(run), run, common)
+      prepare_data(loaded[run])
   cpu_sets = _cpu_sets(parallel)
   free = list(range(parallel))
   active = {}   # slot -> (run, process, start, command, log file, CPUs)
