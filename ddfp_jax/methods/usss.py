@@ -128,7 +128,7 @@ def phase_at(config, step: int) -> Phase:
 def init_extra(config, rng, feature_dim: int):
   """{"label_embeddings": {d: (K_d, m, D)}}, and for "centroids" what the collect stage
   sums: per class and cluster the embeddings and pixel counts ({d: (K_d, m, D)},
-  {d: (K_d, m)}); for m > 1 also the k-means centres ({d: (K_d, m, D)}, zero until the
+  {d: (K_d, m)}; for m = 1 (K_d, D) and (K_d,)); for m > 1 also the k-means centres ({d: (K_d, m, D)}, zero until the
   first collect epoch ends) and each class's summed squared norms ({d: (K_d,)})."""
   del rng, feature_dim
   u, names, ks = config.usss, domain_names(config), num_classes(config)
@@ -141,9 +141,12 @@ def init_extra(config, rng, feature_dim: int):
              for i, (d, k) in enumerate(zip(names, ks))}
   extra = {"label_embeddings": {d: jnp.asarray(v) for d, v in table.items()}}
   if u.label_embeddings == "centroids":
+    # One centroid per class keeps the (K, D) / (K,) layout of runs from before k-means,
+    # so that their checkpoints still restore; the update reads both as (K, m, ...).
     m = u.per_class
-    extra["sums"] = {d: jnp.zeros((k, m, dim), jnp.float32) for d, k in zip(names, ks)}
-    extra["counts"] = {d: jnp.zeros((k, m), jnp.float32) for d, k in zip(names, ks)}
+    per = () if m == 1 else (m,)
+    extra["sums"] = {d: jnp.zeros((k, *per, dim), jnp.float32) for d, k in zip(names, ks)}
+    extra["counts"] = {d: jnp.zeros((k, *per), jnp.float32) for d, k in zip(names, ks)}
     if m > 1:
       extra["centres"] = {d: jnp.zeros((k, m, dim), jnp.float32) for d, k in zip(names, ks)}
       extra["square_sums"] = {d: jnp.zeros((k,), jnp.float32) for d, k in zip(names, ks)}
@@ -163,7 +166,8 @@ def current_embeddings(extra) -> Dict[str, jax.Array]:
     return table
   out = {}
   for d, fixed in table.items():
-    sums, counts = extra["sums"][d], extra["counts"][d]
+    sums, counts = extra["sums"][d].reshape(fixed.shape), extra["counts"][d].reshape(
+        fixed.shape[:2])
     fallback = fixed
     if "centres" in extra:
       centres = extra["centres"][d]
@@ -272,7 +276,9 @@ def make_extra_update(tools):
     for d in names:
       e, label = inputs.outputs[d]
       onehot = jax.nn.one_hot(label, ks[d], dtype=jnp.float32)   # ignore -> a zero row
-      sums, counts = extra["sums"][d], extra["counts"][d]
+      stored = extra["sums"][d].shape, extra["counts"][d].shape
+      sums = extra["sums"][d].reshape(ks[d], m, -1)
+      counts = extra["counts"][d].reshape(ks[d], m)
       if not kmeans:
         weights = onehot[..., None]
       else:
@@ -293,9 +299,10 @@ def make_extra_update(tools):
         weights = onehot[..., None] * jnp.where(iteration == 0, first, nearest)
         square = jnp.einsum("nhwk,nhw->k", onehot, jnp.sum(e ** 2, -1))
         extra["square_sums"][d] = extra["square_sums"][d] + jax.lax.psum(square, axis)
-      extra["sums"][d] = sums + jax.lax.psum(jnp.einsum("nhwkm,nhwd->kmd", weights, e), axis)
-      extra["counts"][d] = counts + jax.lax.psum(jnp.sum(weights, axis=(0, 1, 2)), axis)
-      seen.append(jnp.mean((jnp.sum(extra["counts"][d], -1) > 0).astype(jnp.float32)))
+      sums = sums + jax.lax.psum(jnp.einsum("nhwkm,nhwd->kmd", weights, e), axis)
+      counts = counts + jax.lax.psum(jnp.sum(weights, axis=(0, 1, 2)), axis)
+      extra["sums"][d], extra["counts"][d] = sums.reshape(stored[0]), counts.reshape(stored[1])
+      seen.append(jnp.mean((jnp.sum(counts, -1) > 0).astype(jnp.float32)))
     return extra, {"centroid_classes_seen": sum(seen) / len(seen)}
   return update
 

@@ -146,9 +146,8 @@ def test_collect_stage_sums_labeled_embeddings_per_class_and_scores_their_means(
     small = label[:, rows][:, :, rows]                     # nearest, floor(i * in / out)
     sums = np.stack([e[small == c].sum(0) for c in range(k)])
     counts = np.asarray([(small == c).sum() for c in range(k)])
-    np.testing.assert_allclose(np.asarray(new.extra["sums"][d])[:, 0], sums, rtol=1e-4,
-                               atol=1e-4)
-    np.testing.assert_array_equal(np.asarray(new.extra["counts"][d])[:, 0], counts)
+    np.testing.assert_allclose(np.asarray(new.extra["sums"][d]), sums, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(new.extra["counts"][d]), counts)
     table = np.asarray(usss.current_embeddings(new.extra)[d])[:, 0]
     for c in range(k):
       expected = (sums[c] / np.linalg.norm(sums[c]) if counts[c] else
