@@ -377,6 +377,7 @@ def summarize(results: Sequence[dict], order: Sequence[str]) -> List[dict]:
       values = [r[f"{model}_miou"] for r in group if f"{model}_miou" in r]
       if len(values) == len(group):
         row[f"{model}_miou_mean"], row[f"{model}_miou_std"] = mean_std(values)
+        row[f"{model}_miou_by_seed"] = {str(r["seed"]): r[f"{model}_miou"] for r in group}
         per_class = [r[f"{model}_per_class_iou"] for r in group]
         row[f"{model}_per_class_iou_mean"] = [_mean_of_seen(c) for c in zip(*per_class)]
       per_domain = [r.get(f"{model}_domain_miou", {}) for r in group]
@@ -424,6 +425,7 @@ def markdown(name: str, rows: Sequence[dict], meta: dict) -> str:
       cells = [_pct(*r["student_domain_miou"][d]) if d in r.get("student_domain_miou", {})
                else "-" for d in domains]
       lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+  lines += _per_seed_lines(rows, meta.get("paired_with"))
   if not _num_classes(rows):   # multi-domain runs: no single label space to list
     return "\n".join(lines) + "\n"
   lines += ["", "Per-class IoU (%, teacher, mean over seeds):", "",
@@ -435,6 +437,40 @@ def markdown(name: str, rows: Sequence[dict], meta: dict) -> str:
         "-" if c is None or (isinstance(c, float) and math.isnan(c)) else f"{100 * c:.1f}"
         for c in per_class) + " |")
   return "\n".join(lines) + "\n"
+
+
+def _per_seed_lines(rows: Sequence[dict], paired_with: Optional[str]) -> List[str]:
+  """Each row's mIoU per seed (teacher where every row has one, else student) and, with
+  `paired_with`, its difference to that row seed by seed: runs of one seed share the
+  labeled split, the initialisation and the data order up to where the methods differ,
+  so the paired difference is free of the seed-to-seed spread that the std shows."""
+  model = "teacher" if all("teacher_miou_by_seed" in r for r in rows) else "student"
+  key = f"{model}_miou_by_seed"
+  seeds = sorted({int(s) for r in rows for s in r.get(key, {})})
+  if len(seeds) < 2:
+    return []
+  base = next((r for r in rows if r["label"] == paired_with), None)
+  head = "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " |"
+  rule = "|---|" + "---|" * len(seeds)
+  if base is not None:
+    head += f" Δ vs {paired_with} (mean ± std) | seeds ahead |"
+    rule += "---|---|"
+  lines = ["", f"Per seed ({model} mIoU %"
+           + (f"; Δ: the row minus {paired_with}, seed by seed" if base is not None else "")
+           + "):", "", head, rule]
+  for r in rows:
+    values = r.get(key, {})
+    cells = [f"{100 * values[str(s)]:.2f}" if str(s) in values else "-" for s in seeds]
+    if base is not None:
+      common = [s for s in seeds if str(s) in values and str(s) in base.get(key, {})]
+      deltas = [values[str(s)] - base[key][str(s)] for s in common]
+      if r is base or not deltas:
+        cells += ["-", "-"]
+      else:
+        cells += [_pct(*mean_std(deltas)) if len(deltas) > 1 else f"{100 * deltas[0]:.2f}",
+                  f"{sum(d > 0 for d in deltas)} of {len(deltas)}"]
+    lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
+  return lines
 
 
 def _num_classes(rows) -> int:
@@ -549,6 +585,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--devices_per_run", type=int, default=0,
                       help="GPUs per run (CUDA_VISIBLE_DEVICES); 0: leave as is")
   parser.add_argument("--report_only", action="store_true")
+  parser.add_argument("--paired_with", default=None,
+                      help="a row's LABEL: the report adds each row's difference to it, "
+                      "seed by seed")
   parser.add_argument("overrides", nargs="*", help="--config.KEY=VALUE for every run "
                       "(after --)")
   args = parser.parse_args(argv)
@@ -556,10 +595,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = variants(args.methods, args.variant, args.sweep)
     if not rows:
       raise HarnessError("nothing to compare: name --methods and/or --variant.")
+    if args.paired_with and args.paired_with not in [v.label for v in rows]:
+      raise HarnessError(f"--paired_with {args.paired_with!r} is no row of this table (its "
+                         f"rows: {', '.join(v.label for v in rows)}).")
     runs = [Run(v, s) for s in args.seeds for v in rows]
     root = os.path.join(args.workdir, args.name)
     meta = {"config": args.config, "seeds": args.seeds, "sweep": args.sweep,
             "parallel": args.parallel, "cpus_per_run": len(_cpu_sets(args.parallel)[0]),
+            "paired_with": args.paired_with,
             "variants": [dataclasses.asdict(v) for v in rows], "overrides": args.overrides,
             "command": "python -m ddfp_jax.tools.compare " + " ".join(
                 a for a in (argv if argv is not None else sys.argv[1:]))}

@@ -52,6 +52,26 @@ def test_summary_is_the_mean_and_sample_std_over_seeds():
   assert compare.mean_std([1.0, 3.0]) == (2.0, math.sqrt(2.0))
 
 
+def test_per_seed_table_and_the_paired_difference():
+  """Rows far apart in the seed-to-seed spread but ahead on every seed: the paired
+  column says so (differences 0.02, 0.04, 0.03 -> 3.00 ± 1.00 %, 3 of 3)."""
+  base = [0.30, 0.46, 0.38]
+  other = [0.32, 0.50, 0.41]
+  results = [_result("base", s, t, t, [t, t]) for s, t in enumerate(base)]
+  results += [_result("other", s, t, t, [t, t]) for s, t in enumerate(other)]
+  results.append(_result("one", 1, 0.40, 0.40, [0.4, 0.4]))       # seed 1 only: 0.40 - 0.46
+  rows = compare.summarize(results, ["base", "other", "one"])
+  meta = {"command": "c", "config": "c", "seeds": [0, 1, 2], "hardware": "h", "date": "d",
+          "layout": "l", "paired_with": "base"}
+  text = compare.markdown("t", rows, meta)
+  assert "| variant | seed 0 | seed 1 | seed 2 | Δ vs base (mean ± std) | seeds ahead |" in text
+  assert "| other | 32.00 | 50.00 | 41.00 | 3.00 ± 1.00 | 3 of 3 |" in text
+  assert "| base | 30.00 | 46.00 | 38.00 | - | - |" in text
+  assert "| one | - | 40.00 | - | -6.00 | 0 of 1 |" in text
+  plain = compare.markdown("t", rows, dict(meta, paired_with=None))
+  assert "| other | 32.00 | 50.00 | 41.00 |" in plain and "Δ vs" not in plain
+
+
 # A stand-in for main.py: writes what the trainer writes (eval_history.jsonl) with a
 # mIoU made from the method and seed, so the aggregation can be checked; it fails once
 # for the run named in FAIL_ONCE, as a run killed halfway would.
@@ -159,3 +179,10 @@ def test_a_multi_domain_run_gets_a_column_per_domain(tmp_path):
   assert "Per-class IoU" not in text      # no single label space to list the classes of
   paths = compare.plot("t", rows, results, str(tmp_path))   # student curves: no teacher
   assert all(os.path.exists(p) for p in paths)
+
+
+def test_paired_with_must_name_a_row(tmp_path, capsys):
+  assert compare.main(["--name", "t", "--config", "configs/demo.py", "--methods", "ddfp",
+                       "--workdir", str(tmp_path), "--paired_with", "ddpf",
+                       "--report_only"]) == 2
+  assert "--paired_with 'ddpf' is no row of this table (its rows: ddfp)" in capsys.readouterr().err
