@@ -15,6 +15,10 @@ labeled pixels of d's validation set (scores brought to the label grid as the lo
   their true class: whether the embedding space the entropies sharpen is the label space.
 - `head_accuracy`: the same share for domain d's segmentation head (a pixel read as the
   "None" channel is a miss), for comparison.
+- `embedding_top_class`, `embedding_top_share`: the class whose label embedding wins the
+  most pixels, and the share it wins. One class winning nearly every pixel while the
+  entropy is near 0 is a collapse: the entropies were minimised by sending every pixel to
+  one row, which tells the encoder nothing about the classes.
 
 The label embeddings are the ones stage 2 scores against (`usss.current_embeddings`): for
 a run that never reached stage 2 (joint training, alpha = beta = 0) they are the fixed
@@ -26,7 +30,7 @@ from typing import Dict, Sequence
 import numpy as np
 
 TERMS = ("embedding_norm", "within", "cross", "within_unit", "embedding_accuracy",
-         "head_accuracy")
+         "head_accuracy", "embedding_top_class", "embedding_top_share")
 
 
 def make_measure(config, state, index: int, domain: str):
@@ -62,6 +66,10 @@ def make_measure(config, state, index: int, domain: str):
         "within_unit": mean(entropy_module.entropy(
             scores(e / jnp.maximum(norm, 1e-12), tables[domain], 1.0)), keep),
         "embedding_accuracy": mean((within.argmax(-1) == labels).astype(jnp.float32), keep),
+        # Pixels won by each label embedding (K,), over the same pixels.
+        "wins": (jnp.sum(jnp.where(keep[..., None], jax.nn.one_hot(
+            within.argmax(-1), within.shape[-1]), 0.0), axis=(0, 1, 2)),
+                 jnp.sum(keep).astype(jnp.float32)),
         "head_accuracy": mean((up(model.apply(variables, f, index, method="classify"),
                                   size).argmax(-1) == labels).astype(jnp.float32), keep),
     }
@@ -87,8 +95,11 @@ def diagnose(config, state) -> Dict[str, Dict[str, float]]:
       keep = valid[:, None, None] & (label != ignore)
       terms = jax.device_get(measure(batch["image"][0], label, keep))
       sums = terms if not sums else jax.tree.map(lambda a, b: a + b, sums, terms)
+    wins, pixels = sums.pop("wins")
     result[name] = {term: float(total / max(count, 1.0))
                     for term, (total, count) in sums.items()}
+    result[name]["embedding_top_class"] = int(np.argmax(wins))
+    result[name]["embedding_top_share"] = float(np.max(wins) / max(pixels, 1.0))
   return result
 
 
@@ -97,13 +108,16 @@ def markdown(rows: Sequence[dict]) -> list:
   lines = ["What USSS's entropies see on each domain's validation pixels (inference mode; "
            "ddfp_jax/tools/usss_diagnosis.py): mean ‖e‖; the within and cross entropies the "
            "loss minimises; the within entropy of e / ‖e‖; the share of pixels whose best "
-           "label embedding, and whose head, gives their class (%):", "",
+           "label embedding, and whose head, gives their class; the class whose label "
+           "embedding wins the most pixels and its share (%):", "",
            "| run | domain | ‖e‖ | H within | H cross | H within of e / ‖e‖ | embedding "
-           "accuracy | head accuracy |", "|---|---|---|---|---|---|---|---|"]
+           "accuracy | head accuracy | top class: share |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     for domain, d in r["diagnosis"]["usss"].items():
       cross = f"{d['cross']:.3f}" if "cross" in d else "-"
       lines.append(f"| {r['run']} | {domain} | {d['embedding_norm']:.1f} | {d['within']:.3f} "
                    f"| {cross} | {d['within_unit']:.3f} | "
-                   f"{100 * d['embedding_accuracy']:.1f} | {100 * d['head_accuracy']:.1f} |")
+                   f"{100 * d['embedding_accuracy']:.1f} | {100 * d['head_accuracy']:.1f} | "
+                   f"{d['embedding_top_class']}: {100 * d['embedding_top_share']:.1f} |")
   return lines

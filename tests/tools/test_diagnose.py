@@ -153,9 +153,12 @@ def test_usss_measurements_scale_with_the_embedding_as_they_must(tmp_path):
     assert set(base[d]) == set(usss_diagnosis.TERMS)
     np.testing.assert_allclose(big[d]["embedding_norm"], 4 * base[d]["embedding_norm"],
                                rtol=1e-5)
-    for term in ("within_unit", "embedding_accuracy", "head_accuracy"):
+    for term in ("within_unit", "embedding_accuracy", "head_accuracy",
+                 "embedding_top_share"):
       np.testing.assert_allclose(big[d][term], base[d][term], rtol=1e-5, atol=1e-6)
     assert abs(big[d]["within"] - base[d]["within"]) > 1e-3
+    assert big[d]["embedding_top_class"] == base[d]["embedding_top_class"]
+    assert 1 / 11 <= base[d]["embedding_top_share"] <= 1.0
     assert 0.0 <= base[d]["within"] <= np.log(11 if d == "day" else 6) + 1e-6
     np.testing.assert_allclose(base[d]["head_accuracy"],
                                evaluated[f"student/{d}/pixel_accuracy"], rtol=1e-6)
