@@ -31,7 +31,7 @@ The comparison of the paper (section 7 of the spec), as the harness runs it
       --variant day=usss,usss.domains=day,usss.alpha=0.0,usss.beta=0.0 \
       --variant night=usss,usss.domains=night,usss.alpha=0.0,usss.beta=0.0 \
       --variant kmeans=usss,usss.per_class=3,usss.collect_epochs=2 \
-      --seeds 0 1 2 --workdir /tmp/compare
+      --paired_with joint --seeds 0 1 2 --workdir /tmp/compare
 
 Chosen before any run with the entropies: stage 1 is half the schedule (the paper's
 stage 1 is a whole supervised training; here it must leave stage 2 as long), d_e = 16

@@ -456,15 +456,19 @@ def _per_seed_lines(rows: Sequence[dict], paired_with: Optional[str]) -> List[st
     head += f" Δ vs {paired_with} (mean ± std) | seeds ahead |"
     rule += "---|---|"
   lines = ["", f"Per seed ({model} mIoU %"
-           + (f"; Δ: the row minus {paired_with}, seed by seed" if base is not None else "")
-           + "):", "", head, rule]
+           + (f"; Δ: the row minus {paired_with}, seed by seed, for rows scored on the same "
+              f"domains" if base is not None else "") + "):", "", head, rule]
   for r in rows:
     values = r.get(key, {})
     cells = [f"{100 * values[str(s)]:.2f}" if str(s) in values else "-" for s in seeds]
     if base is not None:
       common = [s for s in seeds if str(s) in values and str(s) in base.get(key, {})]
       deltas = [values[str(s)] - base[key][str(s)] for s in common]
-      if r is base or not deltas:
+      # A row scored on other domains (a one-domain baseline of a multi-domain table) is
+      # another mean: no difference is shown.
+      other_domains = set(r.get("student_domain_miou", {})) != set(
+          base.get("student_domain_miou", {}))
+      if r is base or not deltas or other_domains:
         cells += ["-", "-"]
       else:
         cells += [_pct(*mean_std(deltas)) if len(deltas) > 1 else f"{100 * deltas[0]:.2f}",

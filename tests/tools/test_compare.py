@@ -177,6 +177,9 @@ def test_a_multi_domain_run_gets_a_column_per_domain(tmp_path):
   assert "| variant | day | night |" in text
   assert "| usss | 42.00 ± 2.83 | 62.00 ± 2.83 |" in text and "| day | 32.00 ± 2.83 | - |" in text
   assert "Per-class IoU" not in text      # no single label space to list the classes of
+  # Paired with usss, the one-domain row is another mean: no difference.
+  paired = compare.markdown("t", rows, dict(meta, paired_with="usss"))
+  assert "| day | 30.00 | 34.00 | - | - |" in paired
   paths = compare.plot("t", rows, results, str(tmp_path))   # student curves: no teacher
   assert all(os.path.exists(p) for p in paths)
 
