@@ -125,8 +125,11 @@ def variants(methods: Sequence[str], extra: Sequence[str],
 
 
 def config_flags_of(run: Run, common: Sequence[str]) -> List[str]:
-  """The run's `--config.KEY=VALUE` flags: method, seed, the common ones, its own."""
-  overrides = [f"--config.{k}={v}" for k, v in run.variant.overrides]
+  """The run's `--config.KEY=VALUE` flags: method, seed, the common ones, its own; `{seed}`
+  in a variant's value is the run's seed (e.g. usss.init_from=DIR/day_s{seed}: a
+  fine-tuning row starts from the source row's run of the same seed)."""
+  overrides = [f"--config.{k}={v.replace('{seed}', str(run.seed))}"
+               for k, v in run.variant.overrides]
   return [f"--config.method={run.variant.method}", f"--config.seed={run.seed}", *common,
           *overrides]
 

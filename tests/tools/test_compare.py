@@ -22,6 +22,11 @@ def test_variants_of_methods_extra_rows_and_a_sweep():
   assert compare.parse_sweep("data.scale_range=(0.5,2.0),(1,1)")[1] == ["(0.5,2.0)", "(1,1)"]
   with pytest.raises(compare.HarnessError, match="LABEL=METHOD"):
     compare.parse_variant("supervised")
+  # {seed} in a value is the run's seed: a row that starts from another row's run.
+  tuned = compare.parse_variant("ft=usss,usss.init_from=/runs/t/day_s{seed},seed_free=1")
+  assert compare.config_flags_of(compare.Run(tuned, 2), ["--config.x=1"]) == [
+      "--config.method=usss", "--config.seed=2", "--config.x=1",
+      "--config.usss.init_from=/runs/t/day_s2", "--config.seed_free=1"]
   with pytest.raises(compare.HarnessError, match="KEY=V1,V2"):
     compare.parse_sweep("ddfp.eps")
 
