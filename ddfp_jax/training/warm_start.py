@@ -14,6 +14,7 @@ there with the same shape, or the run stops naming what differs (`WarmStartError
 import os
 from typing import Any, Tuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
@@ -73,6 +74,8 @@ def from_run(state, workdir: str):
     stats = _take(state.batch_stats, saved.get("batch_stats"), where)
   except StateDictMismatch as e:
     raise WarmStartError(f"{e} {hint[0].upper()}{hint[1:]}.") from None
+  logging.info("usss.init_from: student and teacher start from %s, step %d (every "
+               "variable but the heads)", workdir, step)
   copy = lambda tree: jax.tree.map(jnp.array, tree)
   return state.replace(params=params, batch_stats=stats, teacher_params=copy(params),
                        teacher_batch_stats=copy(stats),
