@@ -44,9 +44,8 @@ stage 1 is a whole supervised training; here it must leave stage 2 as long), d_e
 (the spec's demo value, a quarter of the features' width as the release's 100 of 512
 is a fifth), alpha = beta = 1 (the paper's full model), m = 3 centroids per class for
 "kmeans" (added after the first five rows had run; no other m was tried). The
-fine-tuning rows (added last) run after the rows they start from: the harness runs rows
-in order within a seed, so --parallel 2 could start finetune_night of a seed before that
-seed's day run ends; run them once the other rows have finished.
+fine-tuning rows were added last; the harness starts each once the run it starts from
+has finished. Their source paths name /tmp/compare: with another --workdir, change them.
 """
 from configs import demo
 

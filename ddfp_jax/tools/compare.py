@@ -134,6 +134,16 @@ def config_flags_of(run: Run, common: Sequence[str]) -> List[str]:
           *overrides]
 
 
+def sources_of(run: Run, runs: Sequence[Run], root: str, common: Sequence[str]) -> List[Run]:
+  """The runs of this sweep whose directory is the value of one of `run`'s flags (a
+  fine-tuning row's usss.init_from=WORKDIR/NAME/day_s{seed}): `run` starts once they
+  have finished."""
+  values = {os.path.normpath(flag.split("=", 1)[1]) for flag in config_flags_of(run, common)
+            if "=" in flag}
+  return [other for other in runs
+          if other != run and os.path.normpath(os.path.join(root, other.name)) in values]
+
+
 def command(config: str, run_dir: str, run: Run, common: Sequence[str]) -> List[str]:
   return [sys.executable, os.path.join(REPO, "main.py"), "--config", config, "--workdir",
           run_dir, *config_flags_of(run, common)]
@@ -295,9 +305,28 @@ def run_all(runs: Sequence[Run], config: str, root: str, common: Sequence[str],
   free = list(range(parallel))
   active = {}   # slot -> (run, process, start, command, log file, CPUs)
   failed = []
+  sources = {r: sources_of(r, runs, root, common) for r in todo}
   while todo or active:
     while todo and free:
-      slot, run = free.pop(0), todo.pop(0)
+      # A run that starts from another run of the sweep waits for it; if that one failed,
+      # it does not run at all (it would start from a half-trained source).
+      running = {entry[0] for entry in active.values()}
+      blocked = [r for r in todo if any(s in failed for s in sources[r])]
+      for run in blocked:
+        todo.remove(run)
+        failed.append(run)
+        log(f"SKIPPED {run.name}: it starts from "
+            f"{', '.join(s.name for s in sources[run] if s in failed)}, which failed")
+      ready = [r for r in todo if not any(s in todo or s in running for s in sources[r])]
+      if not ready and not running:
+        raise HarnessError(f"the runs {', '.join(r.name for r in todo)} each start from "
+                           "another of them (their flags name each other's directories): "
+                           "nothing can run first.")
+      if not ready:
+        break
+      run = ready[0]
+      todo.remove(run)
+      slot = free.pop(0)
       run_dir = os.path.join(root, run.name)
       os.makedirs(run_dir, exist_ok=True)
       cmd = command(config_of(run), run_dir, run, common)

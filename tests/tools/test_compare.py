@@ -194,3 +194,47 @@ def test_paired_with_must_name_a_row(tmp_path, capsys):
                        "--workdir", str(tmp_path), "--paired_with", "ddpf",
                        "--report_only"]) == 2
   assert "--paired_with 'ddpf' is no row of this table (its rows: ddfp)" in capsys.readouterr().err
+
+
+# A stand-in for main.py for rows that start from another run: it fails unless the run
+# named by --config.usss.init_from has finished (the harness writes result.json then).
+FAKE_FINETUNE = r'''
+import json, os, sys
+args = dict(a.split("=", 1) for a in sys.argv[1:] if a.startswith("--config."))
+workdir = sys.argv[sys.argv.index("--workdir") + 1]
+source = args.get("--config.usss.init_from")
+if source and not os.path.exists(os.path.join(source, "result.json")):
+  sys.exit(5)
+if os.environ.get("FAIL") == os.path.basename(workdir):
+  sys.exit(3)
+with open(os.path.join(workdir, "eval_history.jsonl"), "a") as f:
+  f.write(json.dumps({"step": 1, "student/miou": 0.5, "student/per_class_iou": [0.5]}) + "\n")
+json.dump({"devices": ["cpu"]}, open(os.path.join(workdir, "run_info.json"), "w"))
+'''
+
+
+def test_a_row_that_starts_from_another_waits_for_it(tmp_path, monkeypatch, capsys):
+  """ft (listed first) starts from src's run of the same seed: with two runs at a time
+  it still waits for src to finish; when src fails, ft does not run."""
+  fake = tmp_path / "fake_main.py"
+  fake.write_text(FAKE_FINETUNE)
+  monkeypatch.setattr(compare, "command", lambda config, run_dir, run, common: [
+      sys.executable, str(fake), "--workdir", run_dir, *compare.config_flags_of(run, common)])
+  monkeypatch.setattr(compare, "load_run_config", lambda *a: None)   # no real config
+  root = tmp_path / "runs" / "t"
+  argv = ["--name", "t", "--config", "configs/demo.py", "--variant",
+          f"ft=supervised,usss.init_from={root}/src_s{{seed}}", "--variant", "src=supervised",
+          "--seeds", "0", "--workdir", str(tmp_path / "runs"), "--out", str(tmp_path / "r"),
+          "--parallel", "2"]
+  monkeypatch.setenv("FAIL", "src_s0")
+  assert compare.main(argv) == 2
+  assert "SKIPPED ft_s0: it starts from src_s0, which failed" in capsys.readouterr().out
+  assert not (root / "ft_s0").exists()
+  monkeypatch.delenv("FAIL")
+  assert compare.main(argv) == 0
+  logs = capsys.readouterr().out.splitlines()
+  assert (root / "src_s0" / "result.json").exists() and (root / "ft_s0" / "result.json").exists()
+  started = [line for line in logs if line.startswith("started")]
+  assert started[-2:][0].startswith("started src_s0") and started[-1].startswith("started ft_s0")
+  assert compare.sources_of(compare.Run(compare.parse_variant("x=supervised"), 0),
+                            [], str(root), []) == []
