@@ -26,7 +26,6 @@ file, step `step`, optimiser fresh) into `workdir/checkpoints/latest/STEP`, so t
 as `workdir/label_embeddings.npz` and puts them into the state (the config is run with
 usss.label_embeddings=file and that file, as the returned report says).
 """
-import math
 import os
 import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
@@ -41,13 +40,12 @@ from ddfp_jax.interop.pretrained import convert_drn_state_dict
 from ddfp_jax.interop.reading import read_torch_checkpoint
 from ddfp_jax.methods import label_embeddings as embeddings_lib
 from ddfp_jax.methods.usss import num_classes
+from ddfp_jax.models.resize import bilinear_taps
 
 PyTree = Any
 RELEASE_DATASETS = ("IDD", "CS", "CVD", "SUN", "NYU_S")   # the release's load_data order
 RELEASE_NAMES = {"idd": "IDD", "cityscapes": "CS", "camvid": "CVD", "sunrgbd": "SUN"}
 EMBEDDINGS_FILE = "label_embeddings.npz"
-_HEAD = re.compile(r"(seg|up)\.(\d+)\.(weight|bias)$")
-_EMBEDDING = {"en_map.weight": "kernel", "en_map.bias": "bias"}
 
 
 def release_datasets_of(domains: Sequence[str],
@@ -82,10 +80,9 @@ def release_head_index(release_names: Sequence[str]) -> Tuple[int, ...]:
 
 
 def bilinear_filler(channels: int, size: int) -> np.ndarray:
-  """The release's `fill_up_weights` for a (channels, 1, size, size) ConvTranspose2d."""
-  f = math.ceil(size / 2)
-  c = (2 * f - 1 - f % 2) / (2.0 * f)
-  taps = 1.0 - np.abs(np.arange(size) / f - c)
+  """The release's `fill_up_weights` for a (channels, 1, size, size) ConvTranspose2d of
+  an even kernel size (its x8 deconvolutions: 16)."""
+  taps = bilinear_taps(size // 2)
   return np.broadcast_to(np.outer(taps, taps), (channels, 1, size, size)).astype(np.float32)
 
 

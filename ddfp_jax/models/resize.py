@@ -68,6 +68,15 @@ def resize_nearest(x: jnp.ndarray, size: Sequence[int]) -> jnp.ndarray:
   return x
 
 
+def bilinear_taps(factor: int) -> np.ndarray:
+  """FCN's bilinear filler along one axis of a kernel of 2 `factor` taps:
+  k(t) = 1 - |t / s - c|, c = (2s - 1 - s % 2) / (2s), s = factor (the USSS release's
+  `fill_up_weights`; a 2-D kernel is the outer product)."""
+  s = factor
+  center = (2 * s - 1 - s % 2) / (2 * s)
+  return (1.0 - np.abs(np.arange(2 * s) / s - center)).astype(np.float32)
+
+
 def _deconv_taps(in_size: int, factor: int) -> Tuple[np.ndarray, np.ndarray]:
   """(source indices (out, 2), weights (out, 2)) of `upsample_bilinear_deconv` on one axis.
 
@@ -76,13 +85,12 @@ def _deconv_taps(in_size: int, factor: int) -> Tuple[np.ndarray, np.ndarray]:
   c = (2s - 1 - s % 2) / (2s) (FCN's bilinear filler). Every output has two sources; one
   that falls outside the input contributes 0, as the zero padding does."""
   s, pad = factor, factor // 2
-  center = (2 * s - 1 - s % 2) / (2 * s)
   out = np.arange((in_size - 1) * s - 2 * pad + 2 * s)
   first = (out + pad) // s                       # the largest i with t = o + pad - i s >= 0
   index = np.stack([first - 1, first], axis=1)
   t = out[:, None] + pad - index * s
   weight = np.where((index >= 0) & (index < in_size) & (t >= 0) & (t < 2 * s),
-                    1.0 - np.abs(t / s - center), 0.0).astype(np.float32)
+                    bilinear_taps(s)[np.clip(t, 0, 2 * s - 1)], 0.0).astype(np.float32)
   return np.clip(index, 0, in_size - 1).astype(np.int32), weight
 
 
