@@ -75,7 +75,7 @@ def config_args(argv: Sequence[str]):
   return config_file, overrides
 
 
-def _masked_mean(values, mask):
+def masked_mean(values, mask):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   weight = mask.astype(jnp.float32)
   return jnp.sum(values * weight), jnp.sum(weight)
@@ -123,19 +123,19 @@ def make_measure(config, state):
     pseudo = probs.argmax(-1)
     confident = valid & (probs.max(-1) > tau)
     out = {}
-    out["teacher_nll"] = _masked_mean(-log_p(t_v), valid)
+    out["teacher_nll"] = masked_mean(-log_p(t_v), valid)
     views, to_logits = feature_perturbation.inference_views(
         config, model, student, images, log_p, confident, ("density_descending", "random"),
         rng)
-    out["feature_norm"] = _masked_mean(jnp.linalg.norm(views["clean"].astype(jnp.float32),
+    out["feature_norm"] = masked_mean(jnp.linalg.norm(views["clean"].astype(jnp.float32),
                                                        axis=-1), confident)
     for name, v in views.items():
-      out[f"{name}_log_density"] = _masked_mean(log_p(v), confident)
+      out[f"{name}_log_density"] = masked_mean(log_p(v), confident)
       logits = to_logits(v)
       kept = jnp.argmax(logits, -1) == pseudo
-      out[f"{name}_keeps_pseudo_label"] = _masked_mean(kept.astype(jnp.float32), confident)
+      out[f"{name}_keeps_pseudo_label"] = masked_mean(kept.astype(jnp.float32), confident)
       ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), pseudo[..., None], -1)[..., 0]
-      out[f"{name}_ce"] = _masked_mean(ce, confident)
+      out[f"{name}_ce"] = masked_mean(ce, confident)
     return out
 
   @jax.jit
@@ -148,23 +148,33 @@ def make_measure(config, state):
   return measure
 
 
-def diagnose(config, state) -> dict:
-  """The measurements of one state on the validation set (module docstring)."""
+def validation_sums(config, measure, rng=None) -> Dict:
+  """The terms of `measure(images, labels, keep[, key])` summed over `config`'s validation
+  set; `keep` marks the labeled pixels of the real (not padded) images, and each batch
+  gets a key split from `rng` when one is given."""
   import jax  # pylint: disable=import-outside-toplevel
   from ddfp_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  if config.method == "usss":
-    from ddfp_jax.tools import usss_diagnosis  # pylint: disable=import-outside-toplevel
-    return {"usss": usss_diagnosis.diagnose(config, state)}
-  measure = make_measure(config, state)
   ignore = config.data.ignore_label
   sums: Dict = {}
-  rng = jax.random.key(config.seed)
   for batch in pipeline.eval_batches(config, local_device_count=1):
     label, valid = batch["label"][0], batch["valid"][0]
     keep = valid[:, None, None] & (label != ignore)
-    rng, key = jax.random.split(rng)
-    terms = jax.device_get(measure(batch["image"][0], label, keep, key))
+    keys = ()
+    if rng is not None:
+      rng, key = jax.random.split(rng)
+      keys = (key,)
+    terms = jax.device_get(measure(batch["image"][0], label, keep, *keys))
     sums = terms if not sums else jax.tree.map(lambda a, b: a + b, sums, terms)
+  return sums
+
+
+def diagnose(config, state) -> dict:
+  """The measurements of one state on the validation set (module docstring)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if config.method == "usss":
+    from ddfp_jax.tools import usss_diagnosis  # pylint: disable=import-outside-toplevel
+    return {"usss": usss_diagnosis.diagnose(config, state)}
+  sums = validation_sums(config, make_measure(config, state), jax.random.key(config.seed))
   return summarize(sums, config.semi.threshold)
 
 

@@ -40,6 +40,7 @@ def make_measure(config, state, index: int, domain: str):
   from ddfp_jax.data.domains import domain_names  # pylint: disable=import-outside-toplevel
   from ddfp_jax.methods import entropy_module, usss  # pylint: disable=import-outside-toplevel
   from ddfp_jax.models import builders  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.tools.diagnose import masked_mean as mean  # pylint: disable=import-outside-toplevel
 
   model = builders.build_model(config)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -47,9 +48,6 @@ def make_measure(config, state, index: int, domain: str):
   others = [o for o in domain_names(config) if o != domain]
   up = usss.upsampler(config.usss.upsample)
   u = config.usss
-
-  def mean(values, keep):
-    return jnp.sum(jnp.where(keep, values, 0.0)), jnp.sum(keep).astype(jnp.float32)
 
   @jax.jit
   def measure(images, labels, keep):
@@ -83,18 +81,11 @@ def make_measure(config, state, index: int, domain: str):
 
 def diagnose(config, state) -> Dict[str, Dict[str, float]]:
   """{domain: {term: mean}} over each domain's validation set (module docstring)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from ddfp_jax.data import domains, pipeline  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.data import domains  # pylint: disable=import-outside-toplevel
+  from ddfp_jax.tools.diagnose import validation_sums  # pylint: disable=import-outside-toplevel
   result = {}
   for index, (name, c) in enumerate(domains.domain_configs(config).items()):
-    measure = make_measure(config, state, index, name)
-    ignore = c.data.ignore_label
-    sums: Dict = {}
-    for batch in pipeline.eval_batches(c, local_device_count=1):
-      label, valid = batch["label"][0], batch["valid"][0]
-      keep = valid[:, None, None] & (label != ignore)
-      terms = jax.device_get(measure(batch["image"][0], label, keep))
-      sums = terms if not sums else jax.tree.map(lambda a, b: a + b, sums, terms)
+    sums = validation_sums(c, make_measure(config, state, index, name))
     wins, pixels = sums.pop("wins")
     result[name] = {term: float(total / max(count, 1.0))
                     for term, (total, count) in sums.items()}
