@@ -108,8 +108,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.input, config, args.workdir, args.step, args.label_embeddings, datasets,
             args.trust_pickle)
         print(report)
-        if imported.usss.label_embeddings != config.usss.label_embeddings or (
-            imported.usss.embedding_file != config.usss.embedding_file):
+        if args.label_embeddings:   # the import wrote them; the run reads that file
           rest = [*rest, "--config.usss.label_embeddings=file",
                   f"--config.usss.embedding_file={imported.usss.embedding_file}"]
       print("Score it with: python main.py " + " ".join(
