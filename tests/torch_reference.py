@@ -223,6 +223,22 @@ class DeepLabV3Plus(nn.Module):
     return self.classify(self.features(self.encode(x)))
 
 
+def bilinear_deconv(channels, factor):
+  """The frozen x`factor` upsampling of the USSS release: ConvTranspose2d(C, C, 2 factor,
+  stride factor, padding factor // 2, one group per channel, no bias) with FCN's bilinear
+  weights, w[i, j] = (1 - |i / f - c|) (1 - |j / f - c|), f = factor,
+  c = (2 f - 1 - f mod 2) / (2 f)."""
+  k = 2 * factor
+  up = nn.ConvTranspose2d(channels, channels, k, stride=factor, padding=factor // 2,
+                          groups=channels, bias=False)
+  c = (2 * factor - 1 - factor % 2) / (2.0 * factor)
+  taps = torch.tensor([1 - abs(i / factor - c) for i in range(k)], dtype=torch.float32)
+  with torch.no_grad():
+    up.weight.copy_((taps[:, None] * taps[None, :]).expand_as(up.weight))
+  up.weight.requires_grad = False
+  return up
+
+
 # fyu/drn DRN-D channels of layer0 ... layer8 (before `width`).
 DRN_CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
 

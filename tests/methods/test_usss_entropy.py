@@ -11,26 +11,13 @@ from ddfp_jax.methods import label_embeddings as le
 from ddfp_jax.models.resize import upsample_bilinear_deconv
 
 
-def _bilinear_filler(weight):
-  """FCN's bilinear weights of a (C, 1, k, k) grouped transposed convolution."""
-  k = weight.shape[2]
-  f = int(np.ceil(k / 2))
-  c = (2 * f - 1 - f % 2) / (2.0 * f)
-  one = np.array([[(1 - abs(i / f - c)) * (1 - abs(j / f - c)) for j in range(k)]
-                  for i in range(k)], np.float32)
-  weight[:] = one
-  return weight
-
-
 @pytest.mark.parametrize("factor,size", [(8, (3, 5)), (8, (1, 1)), (4, (4, 3)), (2, (2, 5))])
 def test_upsample_bilinear_deconv_is_the_frozen_transposed_convolution(factor, size):
   torch = pytest.importorskip("torch")
+  import torch_reference as ref  # pylint: disable=import-outside-toplevel
   x = np.random.RandomState(0).randn(2, 3, *size).astype(np.float32)
-  up = torch.nn.ConvTranspose2d(3, 3, 2 * factor, stride=factor, padding=factor // 2,
-                                groups=3, bias=False)
+  up = ref.bilinear_deconv(3, factor)
   with torch.no_grad():
-    up.weight.copy_(torch.tensor(_bilinear_filler(np.zeros((3, 1, 2 * factor, 2 * factor),
-                                                          np.float32))))
     want = up(torch.tensor(x)).numpy().transpose(0, 2, 3, 1)
   got = upsample_bilinear_deconv(jnp.asarray(x.transpose(0, 2, 3, 1)), factor)
   assert got.shape == want.shape == (2, factor * size[0], factor * size[1], 3)
@@ -58,12 +45,9 @@ def test_entropy_scored_at_the_stride_equals_the_release_order_values_and_gradie
   label_rows = rs.randn(k + 1, d).astype(np.float32)
   unit = label_rows / np.linalg.norm(label_rows, axis=1, keepdims=True)
 
+  import torch_reference as ref  # pylint: disable=import-outside-toplevel
   e = torch.tensor(emb.transpose(0, 3, 1, 2), requires_grad=True)
-  up = torch.nn.ConvTranspose2d(d, d, 2 * factor, stride=factor, padding=factor // 2,
-                                groups=d, bias=False)
-  with torch.no_grad():
-    up.weight.copy_(torch.tensor(_bilinear_filler(np.zeros((d, 1, 2 * factor, 2 * factor),
-                                                          np.float32))))
+  up = ref.bilinear_deconv(d, factor)
   full = up(e)
   scores = torch.nn.functional.conv2d(full, torch.tensor(unit)[:, :, None, None])[:, :-1]
   p = torch.softmax(scores / t, dim=1)

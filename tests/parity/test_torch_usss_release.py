@@ -9,7 +9,6 @@ the command line: here the config's domains are day (played by CamVid, 11 classe
 night (by Cityscapes' place in that table, 6 classes), so the release's head 0 is night's
 and head 1 day's. Outputs are compared norm-wise, max |ours - theirs| / max |theirs|.
 """
-import math
 import os
 
 import jax
@@ -38,24 +37,6 @@ RELEASE_DATASETS = ("CVD", "CS")          # day, night
 RELEASE_HEADS = {"CS": 6 + 1, "CVD": 11 + 1}
 
 
-def _bilinear_(up: nn.ConvTranspose2d) -> nn.ConvTranspose2d:
-  """FCN's bilinear filler for a (C, 1, k, k) transposed convolution: f = ceil(k / 2),
-  c = (2 f - 1 - f mod 2) / (2 f), w[i, j] = (1 - |i / f - c|) (1 - |j / f - c|)."""
-  k = up.weight.shape[2]
-  f = math.ceil(k / 2)
-  c = (2 * f - 1 - f % 2) / (2.0 * f)
-  taps = torch.tensor([1 - abs(i / f - c) for i in range(k)], dtype=torch.float32)
-  with torch.no_grad():
-    up.weight.copy_((taps[:, None] * taps[None, :]).expand_as(up.weight))
-  up.weight.requires_grad = False
-  return up
-
-
-def _upsample(channels: int) -> nn.ConvTranspose2d:
-  return _bilinear_(nn.ConvTranspose2d(channels, channels, 16, stride=8, padding=4,
-                                       groups=channels, bias=False))
-
-
 class ReleaseNet(nn.Module):
   """The release's drnet.Net: heads in the order of `classes`, outputs at full size."""
 
@@ -65,9 +46,9 @@ class ReleaseNet(nn.Module):
     self.base = nn.Sequential(*[getattr(drn, f"layer{i}") for i in range(9)])
     out_dim = drn.fc.in_channels
     self.seg = nn.ModuleList([nn.Conv2d(out_dim, n, 1, bias=True) for n in classes.values()])
-    self.up = nn.ModuleList([_upsample(n) for n in classes.values()])
+    self.up = nn.ModuleList([ref.bilinear_deconv(n, 8) for n in classes.values()])
     self.en_map = nn.Conv2d(out_dim, embed_dim, 1, bias=True)
-    self.en_up = _upsample(embed_dim)
+    self.en_up = ref.bilinear_deconv(embed_dim, 8)
 
   def forward(self, x):
     f = self.base(x)
